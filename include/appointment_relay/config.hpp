@@ -1,0 +1,74 @@
+#pragma once
+// The relay's configuration: a TOML file (config/appointment-relay.toml documents every key), every key
+// overridable by APPOINTMENT_RELAY_<SECTION>_<KEY>, and short environment names that work with no file.
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "appointment_relay/classifier.hpp"
+#include "appointment_relay/http_client.hpp"
+#include "appointment_relay/retry_policy.hpp"
+#include "appointment_relay/url.hpp"
+
+namespace appointment_relay {
+
+// A configuration that cannot be used. what() names the key, the file and line where known, and what is
+// wrong, e.g. "config/relay.toml:12: endpoints.crm.url: not an http(s) URL: 'ftp://x'". Exit code 78.
+class config_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct endpoint_config {
+  std::string name;  // [endpoints.<name>]; "default" for APPOINTMENT_RELAY_ENDPOINT_URL. [a-z0-9_-]+
+  url target;
+  std::vector<std::string> secrets;  // "whsec_..." in signing order; several during a key rotation
+  std::vector<notification_kind> kinds;  // the kinds it wants; all six by default
+  tls_settings tls;
+  int max_in_flight = 16;
+  std::chrono::milliseconds timeout{10000};
+};
+
+struct config {
+  struct database_section {
+    std::string url;  // libpq URI or conninfo; required
+    std::chrono::milliseconds poll_interval{5000};
+    std::chrono::seconds retention{std::chrono::hours(24 * 7)};
+    std::size_t batch_size = 1000;  // rows per read
+  } database;
+  std::vector<endpoint_config> endpoints;  // at least one for `run`
+  retry_settings retry;
+  struct admin_section {
+    std::string listen = "127.0.0.1:9187";  // host:port; empty disables the admin server
+  } admin;
+  struct log_section {
+    std::string format = "text";  // text | json
+    std::string level = "info";   // trace | debug | info | warn | error | critical | off
+  } log;
+  struct relay_section {
+    std::size_t max_pending_per_endpoint = 10000;  // events held in memory per endpoint (backpressure)
+    std::chrono::milliseconds shutdown_timeout{10000};
+    std::chrono::seconds watchdog_interval{0};  // 0: from systemd's WATCHDOG_USEC
+  } relay;
+};
+
+// Reads file (when given) then the environment (env: name -> value, normally the process environment).
+// Secrets may come from NAME_FILE. Throws config_error.
+config load_config(const std::optional<std::filesystem::path>& file,
+                   const std::map<std::string, std::string>& env);
+
+// The process environment as a map (only APPOINTMENT_RELAY_* names).
+std::map<std::string, std::string> relay_environment();
+
+// The effective configuration as TOML, secrets and database password masked.
+std::string render_config(const config& cfg);
+
+// A database URL or conninfo with its password replaced by "***", for logs.
+std::string mask_database_url(const std::string& url);
+
+}  // namespace appointment_relay

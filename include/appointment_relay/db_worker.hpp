@@ -1,0 +1,52 @@
+#pragma once
+// The listener stage: its own thread owns the database connection (LISTEN, catch-up reads, outcome
+// writes, leadership, reconnect with backoff, retention); the io thread talks to it through a bounded
+// command queue and gets results posted back to its executor. A slow database never blocks the io thread.
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "appointment_relay/net.hpp"
+#include "appointment_relay/store.hpp"
+
+namespace appointment_relay {
+
+class metrics;
+
+struct db_worker_settings {
+  std::string database_url;
+  std::vector<std::string> endpoints;  // names, for retention
+  std::chrono::milliseconds poll_interval{5000};
+  std::chrono::seconds retention{std::chrono::hours(24 * 7)};
+  std::chrono::milliseconds reconnect_min{200};
+  std::chrono::milliseconds reconnect_max{10000};
+  std::chrono::milliseconds standby_retry{1000};  // how often a standby tries the leadership lock
+};
+
+struct db_worker_callbacks {
+  // All run on the io executor.
+  std::function<void(std::string installation_id)> on_active;  // leadership (re)gained; read positions reset
+  std::function<void()> on_inactive;  // connection lost (or not yet leader): stop sending new work
+  std::function<void()> on_wake;      // new rows may be there: NOTIFY, poll tick, catch-up after (re)connect
+};
+
+class db_worker {
+ public:
+  virtual ~db_worker() = default;
+  // Reads the next events for endpoint (store::read_pending); done runs on the io executor, with nothing
+  // when the connection is down. Call on the io thread; at most one fetch per endpoint outstanding.
+  virtual void fetch(std::string endpoint, std::size_t limit, std::function<void(std::vector<pending_event>)> done) = 0;
+  // Queues outcomes to write (batched with others); kept across reconnects until written.
+  virtual void record(std::vector<delivery_update> updates, std::map<std::string, std::int64_t> done_through) = 0;
+  // Writes what is queued, then ends the thread. Idempotent; blocks for at most the given time.
+  virtual void stop(std::chrono::milliseconds flush_deadline) = 0;
+};
+
+std::unique_ptr<db_worker> start_db_worker(executor io, db_worker_settings settings, db_worker_callbacks callbacks,
+                                           metrics& m);
+
+}  // namespace appointment_relay

@@ -1,0 +1,59 @@
+#pragma once
+// Asynchronous HTTP/1.1 POST client for one endpoint: keep-alive connections reused, at most
+// max_connections open and as many requests in flight (one per connection: no pipelining), http or https.
+// Lifecycle: made with make_http_client on an executor; every member is called on that executor
+// (one thread). Callbacks run on it too, exactly once per post(), also after close().
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "appointment_relay/net.hpp"
+#include "appointment_relay/url.hpp"
+
+namespace appointment_relay {
+
+struct tls_settings {
+  std::string ca_file;           // empty: the system's trust store
+  std::string client_cert_file;  // mTLS: PEM certificate chain; with client_key_file
+  std::string client_key_file;
+  bool verify_peer = true;  // certificate chain and host name; never off by default
+};
+
+struct http_client_options {
+  int max_connections = 16;
+  std::chrono::milliseconds request_timeout{10000};  // whole request: resolve, connect, handshake, write, read
+  std::size_t body_limit = 64 * 1024;
+  std::string user_agent;  // "appointment-relay/<version>"
+  tls_settings tls;
+};
+
+struct http_response_info {
+  int status = 0;            // 0: no response (see error)
+  std::string error;         // transport error: "connection refused", "timeout", "connection reset", "tls: ..."
+  std::optional<std::string> retry_after;
+  std::chrono::microseconds latency{0};  // from the request being taken up to its response being read
+};
+
+using header_list = std::vector<std::pair<std::string, std::string>>;
+
+class http_client {
+ public:
+  virtual ~http_client() = default;
+  // Queue one POST of body (Content-Type: application/json) with the extra headers. Requests beyond
+  // max_connections wait in a queue; done is called exactly once.
+  virtual void post(std::string body, header_list headers, std::function<void(http_response_info)> done) = 0;
+  // Requests waiting or in flight.
+  virtual std::size_t outstanding() const noexcept = 0;
+  // Close idle connections, fail queued requests ("shutting down"), let in-flight ones finish. Idempotent.
+  virtual void close() = 0;
+};
+
+// Throws std::runtime_error when the TLS settings cannot be loaded (unreadable CA, cert or key).
+std::shared_ptr<http_client> make_http_client(executor ex, url endpoint, http_client_options options);
+
+}  // namespace appointment_relay

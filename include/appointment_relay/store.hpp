@@ -1,0 +1,108 @@
+#pragma once
+// The relay's side of PostgreSQL: its schema (migrations), reading pending events per endpoint, writing
+// delivery outcomes, status, replay and retention. Blocking libpqxx calls: used on the database worker's
+// thread and by the one-shot commands (migrate, status, replay), never on the io thread.
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "appointment_relay/outbox_row.hpp"
+
+namespace appointment_relay {
+
+// One outbox event as one endpoint sees it: the captured change and that endpoint's delivery state.
+struct pending_event {
+  std::int64_t id = 0;
+  std::int64_t captured_at_us = 0;  // unix microseconds (clock of the capturing transaction)
+  decoded_row change;               // the classifier's input, or why the row is unreadable
+  int attempts = 0;                 // attempts already made for this endpoint
+  std::optional<std::int64_t> first_attempt_ms;  // unix milliseconds
+  std::optional<std::int64_t> next_attempt_ms;   // unix milliseconds: not before
+  bool replayed = false;                          // came back from the dead letters by `replay`
+};
+
+enum class delivery_state { retrying, delivered, dead };
+
+// One outcome to record for (event_id, endpoint).
+struct delivery_update {
+  std::int64_t event_id = 0;
+  std::string endpoint;
+  delivery_state state = delivery_state::retrying;
+  int attempts = 0;
+  std::int64_t first_attempt_ms = 0;
+  std::int64_t last_attempt_ms = 0;
+  std::optional<std::int64_t> next_attempt_ms;  // retrying
+  std::string last_error;                       // "http 503", "connection refused", ...
+  std::string dead_reason;                      // dead
+};
+
+struct endpoint_status {
+  std::string endpoint;
+  std::int64_t backlog = 0;  // events past its watermark not yet delivered or dead
+  std::optional<double> oldest_pending_age_seconds;
+  std::map<std::string, std::int64_t> dead_by_reason;
+};
+
+struct replay_filter {
+  std::optional<std::string> endpoint;
+  std::optional<std::int64_t> event_id;
+  std::optional<std::string> since;  // timestamptz text, on captured_at
+  std::optional<std::string> until;
+};
+
+// Applies sql/migrations/NNNN_name.sql in order, each in its own transaction, recorded in
+// appointment_relay.schema_migrations, under an advisory lock (safe to run twice, and concurrently).
+// Returns the versions applied now. Throws on failure (nothing half-applied).
+std::vector<int> migrate(const std::string& database_url, const std::filesystem::path& migrations_dir);
+
+// Where the migrations are: $APPOINTMENT_RELAY_SQL_DIR, then next to the binary (../share/...), then the
+// source tree.
+std::filesystem::path default_migrations_dir();
+
+class store {
+ public:
+  // Connects (TCP keepalives on) and checks that the schema is migrated; throws pqxx/std errors.
+  explicit store(const std::string& database_url);
+  ~store();
+  store(const store&) = delete;
+  store& operator=(const store&) = delete;
+
+  // appointment_relay.installation: a random id made by the first migration; part of every webhook-id.
+  std::string installation_id();
+
+  // Leadership: a session advisory lock; false when another instance holds it.
+  bool try_lock_leadership();
+
+  // LISTEN appointment_relay. The socket to watch, and the notifications that arrived (consumed).
+  void listen();
+  int socket() const;
+  std::size_t take_notifications();
+
+  // Forget every endpoint's read position: the next read starts at its persisted watermark.
+  void reset_read_positions();
+  // The next events for endpoint, in id order, at most limit: new ones past what was read before (also rows
+  // committed late with a lower id, never twice), not delivered or dead there; plus dead letters replayed.
+  std::vector<pending_event> read_pending(const std::string& endpoint, std::size_t limit);
+
+  // Records outcomes and watermarks (endpoint -> every event up to it is done there), in one transaction.
+  void record(const std::vector<delivery_update>& updates, const std::map<std::string, std::int64_t>& done_through);
+
+  std::vector<endpoint_status> status(const std::vector<std::string>& endpoints);
+  std::int64_t replay(const replay_filter& filter);  // dead letters back to pending; returns how many
+  // Deletes outbox rows older than retention that every endpoint has done (delivered, not dead), at most
+  // batch rows; returns how many.
+  std::int64_t purge(std::chrono::seconds retention, const std::vector<std::string>& endpoints, int batch);
+
+  bool is_open() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace appointment_relay

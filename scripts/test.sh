@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The test command: installs the dependencies, builds, starts a throwaway PostgreSQL, runs every test in a
+# normal build and again under AddressSanitizer + UndefinedBehaviorSanitizer. Non-zero on any failure.
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    the normal build only (a developer's loop)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+jobs=$(nproc)
+
+scripts/install-deps.sh
+
+pgdir=$(mktemp -d /tmp/appointment-relay-pg.XXXXXX)
+cleanup() { scripts/pg-cluster.sh stop "$pgdir" || true; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+server=$(scripts/pg-cluster.sh start "$pgdir")
+export APPOINTMENT_RELAY_TEST_SERVER_URL="$server"
+export APPOINTMENT_RELAY_TEST_DATABASE_URL="${server%/postgres}/relay_test"
+export APPOINTMENT_RELAY_TEST_PGDIR="$pgdir"
+export APPOINTMENT_RELAY_TEST_REQUIRE_DB=1
+psql -q "$server" -c "CREATE DATABASE relay_test" >/dev/null
+echo "test.sh: PostgreSQL at $APPOINTMENT_RELAY_TEST_DATABASE_URL"
+
+run_suite() {  # build-dir, extra cmake args...
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  cmake --build "$dir" -j "$jobs"
+  (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 300)
+}
+
+echo "== normal build"
+run_suite build
+if [ $quick -eq 0 ]; then
+  echo "== AddressSanitizer + UndefinedBehaviorSanitizer build"
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_suite build-asan -DAPPOINTMENT_RELAY_SANITIZE=ON -DAPPOINTMENT_RELAY_BENCH=OFF
+fi
+echo "test.sh: all tests passed"
