@@ -4,7 +4,7 @@
 #   scripts/install-deps.sh           build + test + runtime
 #   scripts/install-deps.sh --runtime only what the daemon needs to run
 set -euo pipefail
-runtime=(libboost-system1.74.0 libpqxx-6.4 libspdlog1.10 libssl3 libsystemd0 ca-certificates)
+runtime=(libboost-system1.74.0 libpqxx-6.4 libspdlog1.10 libtomlplusplus3 libssl3 libsystemd0 ca-certificates)
 build=(g++ cmake ninja-build pkg-config make libboost-dev libboost-system-dev nlohmann-json3-dev libspdlog-dev
   libpqxx-dev libssl-dev libgtest-dev libgmock-dev libbenchmark-dev libtomlplusplus-dev libsystemd-dev
   postgresql postgresql-contrib openssl curl procps iproute2 clang libclang-rt-14-dev)

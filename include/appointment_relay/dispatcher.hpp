@@ -1,0 +1,56 @@
+#pragma once
+// The dispatch stage: for each endpoint, a lane that reads pending events from the listener stage in
+// bounded batches, classifies them, POSTs the payloads (signed, in order per appointment, many appointments
+// in parallel), applies the retry policy and hands the outcomes back to be recorded.
+// Lifecycle: made on the io executor; every member is called on it (one thread).
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "appointment_relay/config.hpp"
+#include "appointment_relay/net.hpp"
+#include "appointment_relay/event_source.hpp"
+
+namespace appointment_relay {
+
+class metrics;
+
+struct dispatcher_settings {
+  std::vector<endpoint_config> endpoints;
+  retry_settings retry;
+  std::size_t max_pending_per_endpoint = 10000;
+  std::size_t batch_size = 1000;
+  std::chrono::milliseconds record_flush_interval{5};
+};
+
+class dispatcher {
+ public:
+  virtual ~dispatcher() = default;
+  // This instance leads: start reading every endpoint from its persisted position. installation_id is part
+  // of every webhook-id. Resets whatever was held in memory.
+  virtual void activate(std::string installation_id) = 0;
+  // The database is gone or another instance leads: send nothing new; in-flight requests finish and their
+  // outcomes are still recorded.
+  virtual void deactivate() = 0;
+  // New events may be pending.
+  virtual void wake() = 0;
+  // New endpoint settings (SIGHUP): lanes added, changed in place, or retired.
+  virtual void reconfigure(const dispatcher_settings& settings) = 0;
+  // Stop taking new events, let in-flight requests finish until the deadline, hand the outcomes over, then
+  // call done (once). Idempotent.
+  virtual void drain(std::chrono::milliseconds deadline, std::function<void()> done) = 0;
+  virtual std::size_t in_flight() const = 0;
+};
+
+// Throws std::runtime_error when an endpoint's TLS files cannot be loaded.
+std::unique_ptr<dispatcher> make_dispatcher(executor ex, dispatcher_settings settings, event_source& source,
+                                            metrics& m);
+
+// "msg_<installation>_<event id>_<endpoint>": the same on every attempt of one event to one endpoint.
+std::string webhook_id(std::string_view installation_id, std::int64_t event_id, std::string_view endpoint);
+
+}  // namespace appointment_relay
