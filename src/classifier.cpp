@@ -126,7 +126,11 @@ std::optional<notification_kind> notifying_state(std::string_view state) noexcep
 // a guard for whoever loosens the validation, not a path taken today.
 void append_json_string(std::string& out, std::string_view s) {
   out += '"';
-  for (char c : s) {
+  const auto plain = [](char c) { return c != '"' && c != '\\' && static_cast<unsigned char>(c) >= 0x20; };
+  std::size_t run = 0;
+  while (run < s.size() && plain(s[run])) ++run;
+  out.append(s.data(), run);  // the whole id, in one copy, on the path taken
+  for (char c : s.substr(run)) {
     switch (c) {
       case '"':
         out += "\\\"";
