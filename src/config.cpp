@@ -158,7 +158,7 @@ std::optional<milliseconds> parse_duration(std::string_view text) {
 std::string format_duration(milliseconds d) {
   auto ms = d.count();
   if (ms == 0) return "0s";
-  if (ms % 86'400'000 == 0) return std::to_string(ms / 86'400'000) + "d";
+  if (ms % 86'400'000 == 0 && ms > 86'400'000) return std::to_string(ms / 86'400'000) + "d";
   if (ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
   if (ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
   if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
