@@ -613,12 +613,7 @@ config finish(builder& b) {
   for (auto& ep : b.endpoints) {
     const std::string key = "endpoints." + ep.cfg.name;
     if (!ep.has_url) throw config_error(ep.origin + ": " + key + ".url: missing");
-    if (ep.cfg.secrets.empty())
-      throw config_error(ep.origin + ": " + key +
-                         ": no signing secret: set secrets or secret_file (or APPOINTMENT_RELAY_" +
-                         (ep.cfg.name == "default" ? std::string("SIGNING_SECRET")
-                                                   : "ENDPOINTS_" + upper(ep.cfg.name) + "_SECRETS") +
-                         ")");
+    // No secret is allowed (the endpoint gets unsigned webhooks); `run` warns about it at start.
     if (ep.cfg.tls.client_cert_file.empty() != ep.cfg.tls.client_key_file.empty())
       throw config_error(ep.origin + ": " + key + ": client_cert_file and client_key_file go together");
     b.cfg.endpoints.push_back(std::move(ep.cfg));

@@ -244,9 +244,6 @@ TEST(config, should_reject_a_bad_file_naming_the_file_line_and_key) {
       {"endpoint without url",
        "[endpoints.crm]\nsecrets = [\"" + std::string(secret_a) + "\"]\n",
        {"relay.toml:3: endpoints.crm.url: missing"}},
-      {"endpoint without secret",
-       "[endpoints.crm]\nurl = \"https://x/\"\n",
-       {"endpoints.crm: no signing secret"}},
       {"secrets and secret_file",
        minimal_endpoint + "secret_file = \"/run/x\"\n",
        {"either secrets or secret_file"}},
@@ -382,6 +379,13 @@ TEST(config, should_let_the_short_endpoint_url_override_the_default_endpoint_of_
   EXPECT_EQ(cfg.endpoints[0].kinds, std::vector<notification_kind>{notification_kind::created});
 }
 
+TEST(config, should_allow_an_endpoint_without_a_secret_for_unsigned_webhooks) {
+  auto cfg = load_config(std::nullopt, {{"APPOINTMENT_RELAY_DATABASE_URL", "x=y"},
+                                        {"APPOINTMENT_RELAY_ENDPOINT_URL", "http://127.0.0.1:8080/hook"}});
+  ASSERT_EQ(cfg.endpoints.size(), 1u);
+  EXPECT_TRUE(cfg.endpoints[0].secrets.empty());
+}
+
 TEST(config, should_make_an_endpoint_from_the_environment) {
   auto cfg = load_config(std::nullopt, {{"APPOINTMENT_RELAY_DATABASE_URL", "x=y"},
                                         {"APPOINTMENT_RELAY_ENDPOINTS_BILLING_URL", "https://billing/"},
@@ -439,8 +443,6 @@ TEST(config, should_reject_bad_environment_variables_naming_them) {
        {"APPOINTMENT_RELAY_ENDPOINT_URL: endpoints.default.url:", "gopher://x/"}},
       {{{"APPOINTMENT_RELAY_ENDPOINT_URL", "https://x/"}, {"APPOINTMENT_RELAY_SIGNING_SECRET", "whsec_???"}},
        {"APPOINTMENT_RELAY_SIGNING_SECRET: endpoints.default.secrets: secret 1 is not"}},
-      {{{"APPOINTMENT_RELAY_ENDPOINT_URL", "https://x/"}},
-       {"endpoints.default: no signing secret", "APPOINTMENT_RELAY_SIGNING_SECRET"}},
       {{{"APPOINTMENT_RELAY_ENDPOINTS_CRM_MAX_IN_FLIGHT", "2000"}},
        {"APPOINTMENT_RELAY_ENDPOINTS_CRM_MAX_IN_FLIGHT: endpoints.crm.max_in_flight: must be between 1 and "
         "1024"}},
