@@ -120,6 +120,14 @@ struct state {
   }
 };
 
+// libpq's messages span lines; a log line is one line.
+std::string one_line(std::string text) {
+  for (auto& c : text)
+    if (c == '\n' || c == '\t') c = ' ';
+  while (!text.empty() && text.back() == ' ') text.pop_back();
+  return text;
+}
+
 void write_records(state& s, store& db) {
   record_batch batch;
   {
@@ -225,7 +233,7 @@ void run(std::shared_ptr<state> sp) {
       active_loop(s, db);
       break;
     } catch (const std::exception& e) {
-      spdlog::warn("database: {}", e.what());
+      spdlog::warn("database: {}; reconnecting", one_line(e.what()));
     }
     if (active) {
       s.post([cb = s.callbacks.on_inactive] {
