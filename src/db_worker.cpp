@@ -212,7 +212,12 @@ void run(std::shared_ptr<state> sp) {
       if (connected_before) s.m.database_reconnect();
       connected_before = true;
       bool leader = db.try_lock_leadership();
-      if (!leader) spdlog::info("database: another instance is active; standing by");
+      if (!leader) {
+        spdlog::info("database: another instance is active; standing by");
+        s.post([cb = s.callbacks.on_standby] {
+          if (cb) cb();
+        });
+      }
       while (!leader) {
         s.idle_wait(s.settings.standby_retry);
         if (s.is_stopping()) break;

@@ -232,8 +232,12 @@ namespace {
 class counting_receiver final : public pqxx::notification_receiver {
  public:
   explicit counting_receiver(pqxx::connection_base& c) : pqxx::notification_receiver(c, notify_channel) {}
-  void operator()(const std::string&, int) noexcept override { ++count; }
+  void operator()(const std::string& payload, int) noexcept override {
+    ++count;
+    if (payload == "replay") replayed = true;
+  }
   std::size_t count = 0;
+  bool replayed = false;  // `replay` put dead letters back: look for them at the next read
 };
 
 // Where one endpoint has read up to. Outbox ids are allocated at insert, not at commit, so a lower id can
@@ -252,6 +256,10 @@ struct read_position {
     std::int64_t top;
   };
   std::deque<horizon> horizons;
+  // Replayed dead letters already handed out, and when to look for new ones.
+  std::set<std::int64_t> side_seen;
+  bool side_first = true;
+  std::chrono::steady_clock::time_point next_side_read{};
 };
 
 }  // namespace
@@ -326,23 +334,31 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
   auto& pos = found->second;
   const auto lim = static_cast<std::int64_t>(limit);
 
-  // Dead letters put back by `replay`: pending again from a fresh start, whatever the read position.
-  {
+  // Dead letters put back by `replay` (state 'replay', attempts reset) may lie below the floor, so they are
+  // read on the side, each once per read position. They keep that state until an outcome is recorded; one
+  // recorded as retrying and then left by a crash lies below the watermark, so the first side read of a
+  // position also takes retrying rows up to it (normal retrying rows are always above it).
+  if (impl_->receiver && impl_->receiver->replayed) {
+    impl_->receiver->replayed = false;
+    for (auto& [name, p] : impl_->positions) p.next_side_read = {};
+  }
+  if (pos.side_first || std::chrono::steady_clock::now() >= pos.next_side_read) {
+    // Also every few seconds, in case the notification was missed.
+    pos.next_side_read = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     pqxx::nontransaction tx(conn);
+    array_literal side_seen;
+    for (auto id : pos.side_seen) side_seen.add(id);
     auto r = tx.exec_params(
-        std::string("WITH flipped AS ("
-                    " UPDATE appointment_relay.delivery d SET state = 'retrying', attempts = 0,"
-                    "  first_attempt_at = NULL, next_attempt_at = NULL, last_error = NULL, dead_reason = NULL"
-                    " WHERE d.endpoint = $1 AND d.state = 'replay' AND d.event_id IN ("
-                    "  SELECT event_id FROM appointment_relay.delivery"
-                    "  WHERE endpoint = $1 AND state = 'replay' ORDER BY event_id LIMIT $2)"
-                    " RETURNING d.*)"
-                    " SELECT ") +
-            event_columns +
-            " FROM flipped d JOIN appointment_relay.outbox o ON o.id = d.event_id ORDER BY o.id",
-        endpoint, lim);
+        std::string("SELECT ") + event_columns +
+            " FROM appointment_relay.delivery d JOIN appointment_relay.outbox o ON o.id = d.event_id"
+            " WHERE d.endpoint = $1 AND (d.state = 'replay' OR ($2 AND d.state = 'retrying' AND d.event_id <= $3))"
+            " AND NOT (d.event_id = ANY ($4::bigint[]))"
+            " ORDER BY o.id LIMIT $5",
+        endpoint, pos.side_first, pos.floor, side_seen.str(), lim);
+    pos.side_first = false;
     for (const auto& row : r) {
       out.push_back(to_event(row, true));
+      pos.side_seen.insert(out.back().id);
       if (out.back().id > pos.floor) pos.seen.insert(out.back().id);
     }
   }
@@ -436,12 +452,17 @@ void store::record(const std::vector<delivery_update>& updates,
         ids.str(), endpoints.str(), states.str(), attempts.str(), first.str(), lasts.str(), next.str(),
         errors.str(), reasons.str());
   }
-  if (!done_through.empty()) {
-    array_literal names, values;
-    for (const auto& [name, id] : done_through) {
-      names.add(name);
-      values.add(id);
-    }
+  // A watermark never passes this session's floor: below it no late-committed row can still appear.
+  array_literal names, values;
+  bool any_watermark = false;
+  for (const auto& [name, id] : done_through) {
+    auto pos = impl_->positions.find(name);
+    if (pos == impl_->positions.end()) continue;  // read positions were reset: the caller's view is stale
+    names.add(name);
+    values.add(std::min(id, pos->second.floor));
+    any_watermark = true;
+  }
+  if (any_watermark) {
     tx.exec_params(
         "INSERT INTO appointment_relay.endpoint_cursor AS c (endpoint, done_through, updated_at)"
         " SELECT u.endpoint, u.done_through, now() FROM unnest($1::text[], $2::bigint[]) AS u(endpoint, "
@@ -484,21 +505,26 @@ std::int64_t store::replay(const replay_filter& filter) {
   pqxx::work tx(impl_->conn);
   std::string event_id = filter.event_id ? std::to_string(*filter.event_id) : std::string();
   auto c = [](const std::optional<std::string>& s) -> const char* { return s ? s->c_str() : nullptr; };
+  auto seconds = [](const std::optional<std::int64_t>& t) { return t ? std::to_string(*t) : std::string(); };
+  std::string since = seconds(filter.since), until = seconds(filter.until);
   auto r = tx.exec_params(
       "WITH flipped AS ("
-      " UPDATE appointment_relay.delivery d SET state = 'replay', dead_reason = NULL"
+      " UPDATE appointment_relay.delivery d SET state = 'replay', dead_reason = NULL, attempts = 0,"
+      "  first_attempt_at = NULL, next_attempt_at = NULL, last_error = NULL"
       " FROM appointment_relay.outbox o"
       " WHERE o.id = d.event_id AND d.state = 'dead'"
       " AND ($1::text IS NULL OR d.endpoint = $1::text)"
       " AND ($2::bigint IS NULL OR d.event_id = $2::bigint)"
-      " AND ($3::timestamptz IS NULL OR o.captured_at >= $3::timestamptz)"
-      " AND ($4::timestamptz IS NULL OR o.captured_at < $4::timestamptz)"
+      " AND ($3::bigint IS NULL OR o.captured_at >= to_timestamp($3::bigint))"
+      " AND ($4::bigint IS NULL OR o.captured_at < to_timestamp($4::bigint))"
       " RETURNING 1)"
       " SELECT count(*) FROM flipped",
-      c(filter.endpoint), filter.event_id ? event_id.c_str() : nullptr, c(filter.since), c(filter.until));
+      c(filter.endpoint), filter.event_id ? event_id.c_str() : nullptr, filter.since ? since.c_str() : nullptr,
+      filter.until ? until.c_str() : nullptr);
   auto n = r[0][0].as<std::int64_t>();
   if (n > 0) tx.exec(std::string("SELECT pg_notify('") + notify_channel + "', 'replay')");
   tx.commit();
+  for (auto& [name, p] : impl_->positions) p.next_side_read = {};
   return n;
 }
 
