@@ -26,7 +26,8 @@ class recorder {
               std::lock_guard lock(mutex_);
               ++wakes_;
               cv_.notify_all();
-            }};
+            },
+            [] {}};
   }
   bool wait(const std::function<bool(const std::vector<std::string>&, int)>& pred,
             std::chrono::milliseconds timeout) {

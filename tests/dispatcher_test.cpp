@@ -175,13 +175,13 @@ TEST(dispatcher, should_keep_each_appointments_order_through_retries_without_hol
   AR_REQUIRE_DATABASE();
   scratch_database db;
   test_http_server server;
+  // Appointment A's patient is known before anything is captured: its creation fails twice, and its
+  // cancel must wait for it. B is not held up meanwhile.
+  const std::string a_patient_key = "0123456789abcdef0123456789abcdef";
   std::atomic<int> failures{0};
-  std::string slow_key;
-  std::mutex m;
   server.set_handler([&](const recorded_request& r, int) {
-    std::lock_guard lock(m);
-    if (!slow_key.empty() && r.body.find(slow_key) != std::string::npos &&
-        r.body.find("\"created\"") != std::string::npos && failures < 2) {
+    if (r.body.find(a_patient_key) != std::string::npos && r.body.find("\"created\"") != std::string::npos &&
+        failures < 2) {
       ++failures;
       return response_plan::with_status(500);
     }
@@ -189,19 +189,9 @@ TEST(dispatcher, should_keep_each_appointments_order_through_retries_without_hol
   });
   relay_under_test relay(db, server.url());
 
-  auto patient = canvas(db, "create_patient()");
-  {
-    std::lock_guard lock(m);
-    slow_key = "";
-  }
-  // Appointment A's creation fails twice; its cancel must wait for it. B is not held up.
+  auto patient = canvas(db, "create_patient('" + a_patient_key + "')");
   auto a_id = canvas(db, "book_appointment(" + patient + ", '2022-01-01 10:00+00', 15)");
   auto a_ext = db.query_value("SELECT externally_exposable_id FROM api_appointment WHERE id = " + a_id);
-  // The handler only knows A once we do: events are already captured, so set it before the relay reads on.
-  {
-    std::lock_guard lock(m);
-    slow_key = a_ext;
-  }
   canvas(db, "cancel(" + a_id + ")");
   auto b = book(db, "2022-01-02 10:00+00", 15);
 

@@ -31,9 +31,9 @@ struct db_worker_settings {
 struct db_worker_callbacks {
   // All run on the io executor.
   std::function<void(std::string installation_id)> on_active;  // leadership (re)gained; read positions reset
-  std::function<void()> on_standby;   // connected, but another instance holds the leadership
   std::function<void()> on_inactive;  // connection lost (or not yet leader): stop sending new work
   std::function<void()> on_wake;      // new rows may be there: NOTIFY, poll tick, catch-up after (re)connect
+  std::function<void()> on_standby;   // connected, but another instance holds the leadership
 };
 
 class db_worker : public event_source {
