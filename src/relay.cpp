@@ -88,7 +88,8 @@ int run_relay(config cfg, std::function<config()> reload) {
     if (!cfg.admin.listen.empty()) {
       admin = make_admin_server(io.get_executor(), cfg.admin.listen, m, [&m] { return m.database_up(); });
       admin->start();
-      spdlog::info("admin server on {} (/healthz, /readyz, /metrics)", cfg.admin.listen);
+      spdlog::info("admin server on {} port {} (/healthz, /readyz, /metrics)", cfg.admin.listen,
+                   admin->port());
     }
   } catch (const std::exception& e) {
     spdlog::critical("cannot start: {}", e.what());
@@ -109,6 +110,10 @@ int run_relay(config cfg, std::function<config()> reload) {
     });
   };
   if (watchdog.count() > 0) ping();
+
+  for (const auto& e : cfg.endpoints)
+    if (e.secrets.empty())
+      spdlog::warn("endpoint {} has no signing secret: its webhooks go out unsigned", e.name);
 
   int exit_code = 0;
   bool stopping = false;
