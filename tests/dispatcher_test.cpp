@@ -295,3 +295,117 @@ TEST(dispatcher, should_dead_letter_a_row_the_classifier_rejects_and_deliver_the
 
 }  // namespace
 }  // namespace appointment_relay
+
+namespace appointment_relay {
+namespace {
+
+// A unit test's stand-in for the listener stage: hands out prepared events per endpoint and keeps what the
+// dispatcher records. Runs on the io thread like the real one's callbacks.
+class fake_source final : public event_source {
+ public:
+  fake_source(net::io_context& io, int events) : io_(io) {
+    for (int i = 1; i <= events; ++i) {
+      captured_change c;
+      c.table = source_table::appointment;
+      c.appointment_id = i;
+      c.appointment_external_id =
+          "00000000-0000-4000-8000-" + std::string(12 - std::to_string(i).size(), '0') + std::to_string(i);
+      c.start_time = 1640381400;
+      c.duration_minutes = 30;
+      c.patient_id = 1;
+      c.patient_key = "06669a76329f4577bea114bc50072da6";
+      pending_event e;
+      e.id = i;
+      e.captured_at_us = 1;
+      e.change = c;
+      events_.push_back(e);
+    }
+  }
+
+  void fetch(std::string endpoint, std::size_t limit,
+             std::function<void(std::vector<pending_event>)> done) override {
+    auto& next = cursor_[endpoint];
+    std::vector<pending_event> out;
+    while (out.size() < limit && next < events_.size()) out.push_back(events_[next++]);
+    handed_[endpoint] += out.size();
+    max_limit_ = std::max(max_limit_, limit);
+    net::post(io_, [done = std::move(done), out = std::move(out)]() mutable { done(std::move(out)); });
+  }
+
+  void record(std::vector<delivery_update> updates, std::map<std::string, std::int64_t>) override {
+    for (const auto& u : updates)
+      if (u.state == delivery_state::delivered) ++delivered_[u.endpoint];
+  }
+
+  std::size_t handed(const std::string& e) { return handed_[e]; }
+  std::size_t delivered(const std::string& e) { return delivered_[e]; }
+  std::size_t max_limit() const { return max_limit_; }
+
+ private:
+  net::io_context& io_;
+  std::vector<pending_event> events_;
+  std::map<std::string, std::size_t> cursor_, handed_, delivered_;
+  std::size_t max_limit_ = 0;
+};
+
+endpoint_config endpoint_to(const std::string& name, const std::string& url) {
+  endpoint_config e;
+  e.name = name;
+  e.target = *parse_url(url);
+  e.kinds = {notification_kind::created};
+  e.max_in_flight = 2;
+  e.timeout = 1s;
+  return e;
+}
+
+TEST(dispatcher, should_stop_reading_for_a_slow_endpoint_once_its_window_is_full) {
+  test_http_server server;
+  server.set_handler(
+      [](const recorded_request&, int) { return response_plan::with_status(200).after(100ms); });
+  net::io_context io;
+  fake_source source(io, 100);
+  metrics m;
+  dispatcher_settings s;
+  s.endpoints = {endpoint_to("slow", server.url())};
+  s.max_pending_per_endpoint = 5;
+  s.batch_size = 3;
+  auto d = make_dispatcher(io.get_executor(), s, source, m);
+  d->activate("test");
+  io.run_for(450ms);
+  // In 450 ms two connections finish about 8 requests: what was handed out stays within the window.
+  EXPECT_LE(source.handed("slow"), source.delivered("slow") + 5 + 2);
+  EXPECT_LT(source.handed("slow"), 20u);
+  EXPECT_LE(source.max_limit(), 3u);
+  d->drain(1s, [&] { io.stop(); });
+  io.run_for(2s);
+}
+
+TEST(dispatcher, should_not_let_an_endpoint_that_is_down_delay_another) {
+  test_http_server up;
+  std::uint16_t closed_port = 0;
+  {
+    test_http_server gone;  // a port that was just ours and is now closed: connections are refused
+    closed_port = gone.port();
+  }
+  net::io_context io;
+  fake_source source(io, 200);
+  metrics m;
+  dispatcher_settings s;
+  s.endpoints = {endpoint_to("down", "http://127.0.0.1:" + std::to_string(closed_port) + "/"),
+                 endpoint_to("up", up.url())};
+  s.endpoints[1].max_in_flight = 8;
+  s.retry.base_delay = 10ms;
+  s.retry.max_delay = 50ms;
+  s.max_pending_per_endpoint = 20;
+  auto d = make_dispatcher(io.get_executor(), s, source, m);
+  d->activate("test");
+  for (int i = 0; i < 100 && source.delivered("up") < 200; ++i) io.run_for(50ms);
+  EXPECT_EQ(source.delivered("up"), 200u);
+  EXPECT_EQ(source.delivered("down"), 0u);
+  EXPECT_LE(source.handed("down"), 20u) << "the endpoint that is down holds at most its window";
+  d->drain(500ms, [&] { io.stop(); });
+  io.run_for(2s);
+}
+
+}  // namespace
+}  // namespace appointment_relay
