@@ -209,6 +209,7 @@ void run(std::shared_ptr<state> sp) {
     bool active = false;
     try {
       store db(s.settings.database_url);
+      db.use_asynchronous_commit();
       if (connected_before) s.m.database_reconnect();
       connected_before = true;
       bool leader = db.try_lock_leadership();
