@@ -179,6 +179,12 @@ void active_loop(state& s, store& db) {
     if (now >= next_tick) {
       next_tick = now + s.settings.poll_interval;
       s.post_wake();
+      // Backlog and oldest pending event per endpoint, from the database (the dispatcher only knows its
+      // window): the figures /metrics shows.
+      if (!s.settings.endpoints.empty()) {
+        for (const auto& st : db.status(s.settings.endpoints))
+          s.m.set_backlog(st.endpoint, st.backlog, st.oldest_pending_age_seconds.value_or(0.0));
+      }
       if (now >= next_purge) {
         next_purge = now + purge_every;
         if (!s.settings.endpoints.empty()) {
