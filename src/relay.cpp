@@ -127,6 +127,7 @@ int run_relay(config cfg, std::function<config()> reload) {
           config next = reload();
           set_log_level(next.log.level);
           disp->reconfigure(dispatch_settings(next));
+          worker->set_endpoints(endpoint_names(next));
           cfg = std::move(next);
           spdlog::info("configuration reloaded:\n{}", render_config(cfg));
         } catch (const std::exception& e) {
