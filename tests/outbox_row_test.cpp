@@ -101,7 +101,8 @@ TEST(outbox_row, should_reject_malformed_fields_with_a_reason_and_never_throw) {
 }
 
 TEST(outbox_row, should_survive_arbitrary_bytes_in_every_field) {
-  const std::string junk("\0\xff\x80-9223372036854775809\"\\", 28);
+  static constexpr char bytes[] = "\0\xff\x80-9223372036854775809\"\\";
+  const std::string junk(bytes, sizeof bytes - 1);  // the embedded NUL included, the terminating one not
   auto r = full_row();
   r.appointment_id = junk;
   r.state = junk;
