@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "appointment_relay/net.hpp"
+#include "appointment_relay/event_source.hpp"
 #include "appointment_relay/store.hpp"
 
 namespace appointment_relay {
@@ -30,18 +31,20 @@ struct db_worker_settings {
 struct db_worker_callbacks {
   // All run on the io executor.
   std::function<void(std::string installation_id)> on_active;  // leadership (re)gained; read positions reset
+  std::function<void()> on_standby;   // connected, but another instance holds the leadership
   std::function<void()> on_inactive;  // connection lost (or not yet leader): stop sending new work
   std::function<void()> on_wake;      // new rows may be there: NOTIFY, poll tick, catch-up after (re)connect
 };
 
-class db_worker {
+class db_worker : public event_source {
  public:
   virtual ~db_worker() = default;
   // Reads the next events for endpoint (store::read_pending); done runs on the io executor, with nothing
   // when the connection is down. Call on the io thread; at most one fetch per endpoint outstanding.
-  virtual void fetch(std::string endpoint, std::size_t limit, std::function<void(std::vector<pending_event>)> done) = 0;
+  void fetch(std::string endpoint, std::size_t limit,
+             std::function<void(std::vector<pending_event>)> done) override = 0;
   // Queues outcomes to write (batched with others); kept across reconnects until written.
-  virtual void record(std::vector<delivery_update> updates, std::map<std::string, std::int64_t> done_through) = 0;
+  void record(std::vector<delivery_update> updates, std::map<std::string, std::int64_t> done_through) override = 0;
   // Writes what is queued, then ends the thread. Idempotent; blocks for at most the given time.
   virtual void stop(std::chrono::milliseconds flush_deadline) = 0;
 };

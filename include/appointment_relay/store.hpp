@@ -51,8 +51,8 @@ struct endpoint_status {
 struct replay_filter {
   std::optional<std::string> endpoint;
   std::optional<std::int64_t> event_id;
-  std::optional<std::string> since;  // timestamptz text, on captured_at
-  std::optional<std::string> until;
+  std::optional<std::int64_t> since;  // unix seconds, on captured_at (inclusive)
+  std::optional<std::int64_t> until;  // unix seconds (exclusive)
 };
 
 // Applies sql/migrations/NNNN_name.sql in order, each in its own transaction, recorded in

@@ -1,0 +1,355 @@
+#include "appointment_relay/cli.hpp"
+
+#include <array>
+#include <charconv>
+#include <chrono>
+#include <utility>
+
+namespace appointment_relay::cli {
+namespace {
+
+constexpr std::array<std::pair<std::string_view, command>, 7> command_names{{
+    {"run", command::run},
+    {"migrate", command::migrate},
+    {"check-config", command::check_config},
+    {"status", command::status},
+    {"replay", command::replay},
+    {"version", command::version},
+    {"help", command::help},
+}};
+
+std::optional<command> find_command(std::string_view name) {
+  for (const auto& [n, c] : command_names)
+    if (n == name) return c;
+  return std::nullopt;
+}
+
+bool takes_config(command c) {
+  return c != command::version && c != command::help;
+}
+
+// Reads exactly `digits` decimal digits at text[pos].
+std::optional<int> digits_at(std::string_view text, std::size_t pos, std::size_t digits) {
+  if (pos + digits > text.size()) return std::nullopt;
+  int v = 0;
+  for (std::size_t i = pos; i < pos + digits; ++i) {
+    if (text[i] < '0' || text[i] > '9') return std::nullopt;
+    v = v * 10 + (text[i] - '0');
+  }
+  return v;
+}
+
+const char* const exit_codes_text =
+    "Exit codes:\n"
+    "  0   success\n"
+    "  1   runtime failure (database unreachable, migration failed, ...)\n"
+    "  2   bad command line\n"
+    "  78  invalid configuration\n";
+
+const char* const config_option_text =
+    "  -c, --config FILE   TOML configuration file (see config/appointment-relay.toml). Without it the\n"
+    "                      configuration comes from the environment alone.\n"
+    "  -h, --help          show this help\n";
+
+const char* const environment_text =
+    "Environment:\n"
+    "  Every key of the file can be set as APPOINTMENT_RELAY_<SECTION>_<KEY> (it wins over the file), e.g.\n"
+    "  APPOINTMENT_RELAY_DATABASE_POLL_INTERVAL=2s, and per endpoint "
+    "APPOINTMENT_RELAY_ENDPOINTS_<NAME>_<KEY>.\n"
+    "  Short names that work without a file:\n"
+    "    APPOINTMENT_RELAY_DATABASE_URL     libpq URI or conninfo (or ..._FILE: read from a file)\n"
+    "    APPOINTMENT_RELAY_ENDPOINT_URL     the URL of endpoint \"default\" (receives every kind)\n"
+    "    APPOINTMENT_RELAY_SIGNING_SECRET   its whsec_ secret(s), comma separated (or ..._FILE)\n"
+    "    APPOINTMENT_RELAY_ADMIN_LISTEN, APPOINTMENT_RELAY_LOG_FORMAT, APPOINTMENT_RELAY_LOG_LEVEL\n"
+    "  An unknown APPOINTMENT_RELAY_* variable is a configuration error.\n";
+
+}  // namespace
+
+std::string_view to_string(command c) noexcept {
+  for (const auto& [n, cmd] : command_names)
+    if (cmd == c) return n;
+  return "?";
+}
+
+std::optional<std::int64_t> parse_time(std::string_view text) {
+  // YYYY-MM-DD
+  auto y = digits_at(text, 0, 4);
+  auto mo = digits_at(text, 5, 2);
+  auto d = digits_at(text, 8, 2);
+  if (!y || !mo || !d || text[4] != '-' || text[7] != '-') return std::nullopt;
+  std::chrono::year_month_day ymd{std::chrono::year(*y), std::chrono::month(static_cast<unsigned>(*mo)),
+                                  std::chrono::day(static_cast<unsigned>(*d))};
+  if (!ymd.ok()) return std::nullopt;
+  std::int64_t t = std::chrono::sys_days(ymd).time_since_epoch().count() * std::int64_t{86400};
+  if (text.size() == 10) return t;
+  // THH:MM:SS[.fff](Z|+HH:MM|-HH:MM)
+  if (text[10] != 'T' && text[10] != 't' && text[10] != ' ') return std::nullopt;
+  auto h = digits_at(text, 11, 2);
+  auto mi = digits_at(text, 14, 2);
+  auto s = digits_at(text, 17, 2);
+  if (!h || !mi || !s || text[13] != ':' || text[16] != ':' || *h > 23 || *mi > 59 || *s > 60)
+    return std::nullopt;
+  t += *h * 3600 + *mi * 60 + *s;
+  std::size_t pos = 19;
+  if (pos < text.size() && text[pos] == '.') {
+    ++pos;
+    std::size_t start = pos;
+    while (pos < text.size() && text[pos] >= '0' && text[pos] <= '9') ++pos;
+    if (pos == start) return std::nullopt;
+  }
+  if (pos >= text.size()) return std::nullopt;  // the offset is required: no guessing the zone
+  if ((text[pos] == 'Z' || text[pos] == 'z') && pos + 1 == text.size()) return t;
+  if (text[pos] != '+' && text[pos] != '-') return std::nullopt;
+  auto oh = digits_at(text, pos + 1, 2);
+  auto om = digits_at(text, pos + 4, 2);
+  if (!oh || !om || text[pos + 3] != ':' || pos + 6 != text.size() || *oh > 23 || *om > 59)
+    return std::nullopt;
+  std::int64_t offset = *oh * 3600 + *om * 60;
+  return text[pos] == '+' ? t - offset : t + offset;
+}
+
+std::variant<invocation, usage_error> parse_command_line(int argc, const char* const* argv) {
+  std::vector<std::string_view> args;
+  for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+  return parse_command_line(args);
+}
+
+std::variant<invocation, usage_error> parse_command_line(const std::vector<std::string_view>& args) {
+  invocation inv;
+  std::optional<command> cmd;
+  std::optional<command> help_topic;  // `help COMMAND`
+  bool version_flag = false;
+  // Options are checked against the command once it is known (they may precede it).
+  struct seen_option {
+    std::string name;
+    std::optional<std::string> value;
+  };
+  std::vector<seen_option> options;
+
+  auto err = [](std::string message) -> std::variant<invocation, usage_error> {
+    return usage_error{std::move(message)};
+  };
+  auto takes_value = [](std::string_view name) {
+    return name == "--config" || name == "-c" || name == "--endpoint" || name == "--event-id" ||
+           name == "--since" || name == "--until";
+  };
+
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::string_view a = args[i];
+    if (a.size() > 1 && a[0] == '-') {
+      std::string name(a);
+      std::optional<std::string> value;
+      if (auto eq = a.find('='); a.starts_with("--") && eq != std::string_view::npos) {
+        name = std::string(a.substr(0, eq));
+        value = std::string(a.substr(eq + 1));
+      }
+      if (takes_value(name)) {
+        if (!value) {
+          if (i + 1 >= args.size()) return err("option '" + name + "' needs a value");
+          value = std::string(args[++i]);
+        }
+      } else if (value) {
+        return err("option '" + name + "' takes no value");
+      }
+      options.push_back({name, value});
+      continue;
+    }
+    if (!cmd) {
+      cmd = find_command(a);
+      if (!cmd) return err("unknown command '" + std::string(a) + "'");
+      continue;
+    }
+    if (*cmd == command::help && !help_topic) {
+      help_topic = find_command(a);
+      if (!help_topic) return err("unknown command '" + std::string(a) + "'");
+      continue;
+    }
+    return err("unexpected argument '" + std::string(a) + "' for '" + std::string(to_string(*cmd)) + "'");
+  }
+
+  for (const auto& o : options)
+    if (o.name == "--version") version_flag = true;
+  if (version_flag && !cmd) cmd = command::version;
+  if (!cmd) {
+    for (const auto& o : options)
+      if (o.name == "--help" || o.name == "-h") {
+        inv.cmd = command::help;
+        inv.help = true;
+        return inv;
+      }
+    return err("no command given (run, migrate, check-config, status, replay, version, help)");
+  }
+  inv.cmd = *cmd;
+  if (*cmd == command::help) {
+    inv.help = true;
+    inv.cmd = help_topic.value_or(command::help);
+  }
+
+  const std::string cmd_name(to_string(*cmd));
+  for (const auto& o : options) {
+    const auto& n = o.name;
+    if (n == "--help" || n == "-h") {
+      inv.help = true;
+    } else if (n == "--version") {
+      if (*cmd != command::version) return err("option '--version' is a command of its own");
+    } else if ((n == "--config" || n == "-c") && takes_config(*cmd)) {
+      if (o.value->empty()) return err("option '" + n + "' needs a file name");
+      inv.config_path = *o.value;
+    } else if (n == "--json" && *cmd == command::status) {
+      inv.json = true;
+    } else if (n == "--all" && *cmd == command::replay) {
+      inv.replay.all = true;
+    } else if (n == "--endpoint" && *cmd == command::replay) {
+      if (o.value->empty()) return err("option '--endpoint' needs an endpoint name");
+      inv.replay.endpoint = *o.value;
+    } else if (n == "--event-id" && *cmd == command::replay) {
+      std::int64_t id = 0;
+      const auto& v = *o.value;
+      auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), id);
+      if (v.empty() || ec != std::errc{} || ptr != v.data() + v.size() || id <= 0)
+        return err("option '--event-id' needs a positive integer, got '" + v + "'");
+      inv.replay.event_id = id;
+    } else if ((n == "--since" || n == "--until") && *cmd == command::replay) {
+      auto t = parse_time(*o.value);
+      if (!t)
+        return err("option '" + n + "' needs a time such as 2024-05-01T12:00:00Z or 2024-05-01, got '" +
+                   *o.value + "'");
+      (n == "--since" ? inv.replay.since : inv.replay.until) = t;
+    } else {
+      return err("unknown option '" + n + "' for '" + cmd_name + "'");
+    }
+  }
+
+  if (inv.help) return inv;
+  if (*cmd == command::replay) {
+    const auto& r = inv.replay;
+    bool narrowed = r.endpoint || r.event_id || r.since || r.until;
+    if (r.all && narrowed) return err("replay: --all excludes --endpoint, --event-id, --since and --until");
+    if (!r.all && !narrowed)
+      return err("replay: say what to replay: --all, or --endpoint, --event-id, --since, --until");
+    if (r.since && r.until && *r.since >= *r.until) return err("replay: --since must be before --until");
+  }
+  return inv;
+}
+
+std::string help_text(command c) {
+  std::string t;
+  switch (c) {
+    case command::help:
+      t = "appointment-relay: turns appointment changes in a Canvas Medical database into signed "
+          "webhooks.\n\n"
+          "Usage: appointment-relay <command> [options]\n\n"
+          "Commands:\n"
+          "  run            run the relay (the daemon; systemd Type=notify)\n"
+          "  migrate        create or upgrade the relay's tables and triggers in the database\n"
+          "  check-config   validate the configuration and print it, secrets masked\n"
+          "  status         show the outbox: pending, dead-lettered and delivered events per endpoint\n"
+          "  replay         queue dead-lettered events for delivery again\n"
+          "  version        print the version\n"
+          "  help [COMMAND] show this overview or a command's help\n\n"
+          "Global options:\n";
+      t += config_option_text;
+      t += "  --version           same as the version command\n\n"
+           "'appointment-relay <command> --help' explains a command, its options and its environment.\n\n";
+      t += environment_text;
+      t += "\n";
+      t += exit_codes_text;
+      t += "\nExample:\n  appointment-relay check-config --config "
+           "/etc/appointment-relay/appointment-relay.toml\n";
+      return t;
+    case command::run:
+      t = "Usage: appointment-relay run [--config FILE]\n\n"
+          "Runs the relay: listens for outbox notifications in PostgreSQL, classifies each appointment "
+          "change,\n"
+          "and POSTs the notification to every endpoint that wants its kind, signed (Standard Webhooks), in\n"
+          "order per appointment, retrying with backoff until retry.max_age, then dead-lettering. The admin\n"
+          "server (admin.listen) serves /healthz, /readyz and /metrics. Tells systemd READY=1 once "
+          "connected.\n"
+          "Signals: SIGHUP reloads the log level (an invalid file keeps the old values); SIGTERM or SIGINT\n"
+          "drain in-flight deliveries for up to relay.shutdown_timeout; a second signal exits at once.\n"
+          "The relay's tables must exist: run 'appointment-relay migrate' first.\n\n"
+          "Options:\n";
+      t += config_option_text;
+      t += "\n";
+      t += environment_text;
+      t += "\n";
+      t += exit_codes_text;
+      t += "\nExample:\n"
+           "  APPOINTMENT_RELAY_DATABASE_URL=postgresql://relay@db/canvas \\\n"
+           "  APPOINTMENT_RELAY_ENDPOINT_URL=https://crm.example.com/hooks/canvas \\\n"
+           "  APPOINTMENT_RELAY_SIGNING_SECRET_FILE=/run/secrets/crm appointment-relay run\n";
+      return t;
+    case command::migrate:
+      t = "Usage: appointment-relay migrate [--config FILE]\n\n"
+          "Applies the relay's database migrations (its outbox and delivery tables and the triggers on the "
+          "Canvas\n"
+          "appointment tables) in one transaction each, recording them; migrations already applied are "
+          "skipped,\n"
+          "so running it again is safe. Needs only database.url and a role allowed to create tables and\n"
+          "triggers.\n\n"
+          "Options:\n";
+      t += config_option_text;
+      t += "\nEnvironment:\n  APPOINTMENT_RELAY_DATABASE_URL (or APPOINTMENT_RELAY_DATABASE_URL_FILE), and "
+           "the others of\n"
+           "  'appointment-relay --help'.\n\n";
+      t += exit_codes_text;
+      t += "\nExample:\n  appointment-relay migrate -c /etc/appointment-relay/appointment-relay.toml\n";
+      return t;
+    case command::check_config:
+      t = "Usage: appointment-relay check-config [--config FILE]\n\n"
+          "Reads the configuration file and the environment exactly as 'run' does, validates every value "
+          "and\n"
+          "prints the effective configuration as TOML with every secret shown as whsec_*** and the database\n"
+          "password masked. Connects to nothing. An error names the file and line or the variable, the key,\n"
+          "and what is wrong.\n\n"
+          "Options:\n";
+      t += config_option_text;
+      t += "\n";
+      t += environment_text;
+      t += "\n";
+      t += exit_codes_text;
+      t += "\nExample:\n  appointment-relay check-config --config ./appointment-relay.toml && echo ok\n";
+      return t;
+    case command::status:
+      t = "Usage: appointment-relay status [--config FILE] [--json]\n\n"
+          "Shows the outbox in the database: per endpoint the events pending, in retry, dead-lettered and\n"
+          "delivered, and the age of the oldest pending one. Reads the database only.\n\n"
+          "Options:\n";
+      t += config_option_text;
+      t += "  --json              print one JSON object instead of a table (for scripts)\n\n"
+           "Environment:\n  APPOINTMENT_RELAY_DATABASE_URL (or _FILE) and the others of 'appointment-relay "
+           "--help'.\n\n";
+      t += exit_codes_text;
+      t += "\nExample:\n  appointment-relay status --json -c /etc/appointment-relay/appointment-relay.toml\n";
+      return t;
+    case command::replay:
+      t = "Usage: appointment-relay replay [--config FILE] (--all | [--endpoint NAME] [--event-id N]\n"
+          "                                 [--since TIME] [--until TIME])\n\n"
+          "Queues dead-lettered deliveries again: their attempts are reset and a running relay picks them "
+          "up\n"
+          "at once (NOTIFY). Prints how many were queued. The filters combine (AND); at least one is "
+          "required,\n"
+          "and --all excludes the others.\n\n"
+          "Options:\n";
+      t += config_option_text;
+      t += "  --all               every dead-lettered delivery\n"
+           "  --endpoint NAME     deliveries to this endpoint only\n"
+           "  --event-id N        the outbox event with this id only\n"
+           "  --since TIME        events captured at or after TIME\n"
+           "  --until TIME        events captured before TIME\n"
+           "TIME: 2024-05-01T12:00:00Z, 2024-05-01T14:00:00+02:00 or a date (2024-05-01, midnight UTC).\n\n"
+           "Environment:\n  APPOINTMENT_RELAY_DATABASE_URL (or _FILE) and the others of 'appointment-relay "
+           "--help'.\n\n";
+      t += exit_codes_text;
+      t += "\nExample:\n  appointment-relay replay --endpoint crm --since 2024-05-01T00:00:00Z -c "
+           "relay.toml\n";
+      return t;
+    case command::version:
+      return "Usage: appointment-relay version (or --version)\n\n"
+             "Prints the version of appointment-relay and exits 0.\n\n"
+             "Example:\n  appointment-relay --version\n";
+  }
+  return t;
+}
+
+}  // namespace appointment_relay::cli

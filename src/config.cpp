@@ -1,0 +1,797 @@
+#include "appointment_relay/config.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cerrno>
+#include <charconv>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <string_view>
+#include <utility>
+
+#include <toml++/toml.h>
+
+extern char** environ;
+
+namespace appointment_relay {
+namespace {
+
+using namespace std::chrono_literals;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr std::string_view env_prefix = "APPOINTMENT_RELAY_";
+
+// The six kinds by name. Kept here (not parse_notification_kind) so that the configuration does not
+// depend on the classifier's implementation.
+constexpr std::array<std::pair<std::string_view, notification_kind>, notification_kind_count> kind_names{{
+    {"created", notification_kind::created},
+    {"rescheduled", notification_kind::rescheduled},
+    {"cancelled", notification_kind::cancelled},
+    {"no_show", notification_kind::no_show},
+    {"reverted", notification_kind::reverted},
+    {"checked_in", notification_kind::checked_in},
+}};
+
+std::vector<notification_kind> all_kinds() {
+  std::vector<notification_kind> kinds;
+  for (const auto& [name, kind] : kind_names) kinds.push_back(kind);
+  return kinds;
+}
+
+std::string_view kind_name(notification_kind kind) {
+  for (const auto& [name, k] : kind_names)
+    if (k == kind) return name;
+  return "?";
+}
+
+std::string upper(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+// Splits on commas and white space (also newlines: a secrets file holds one per line).
+std::vector<std::string> split_list(std::string_view s) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == ',' || std::isspace(static_cast<unsigned char>(c))) {
+      if (!cur.empty()) out.push_back(std::move(cur));
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) out.push_back(std::move(cur));
+  return out;
+}
+
+bool valid_endpoint_name(std::string_view name) {
+  return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+  });
+}
+
+// "whsec_" followed by standard base64 (with padding) of at least one byte.
+bool valid_secret(std::string_view s) {
+  if (!s.starts_with("whsec_")) return false;
+  s.remove_prefix(6);
+  if (s.empty() || s.size() % 4 != 0) return false;
+  std::size_t pad = 0;
+  while (pad < 2 && !s.empty() && s.back() == '=') {
+    s.remove_suffix(1);
+    ++pad;
+  }
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '+' || c == '/';
+  });
+}
+
+std::optional<std::string> read_text_file(const std::string& path, std::string* error) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    *error = std::strerror(errno);
+    return std::nullopt;
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) {
+    *error = "read error";
+    return std::nullopt;
+  }
+  return ss.str();
+}
+
+// "500ms", "5s", "10m", "24h", "7d", compounds such as "1h30m", or a bare integer (seconds).
+std::optional<milliseconds> parse_duration(std::string_view text) {
+  text = trim(text);
+  if (text.empty()) return std::nullopt;
+  constexpr std::int64_t limit = std::int64_t{100} * 365 * 24 * 3600 * 1000;  // a century is plenty
+  std::int64_t total = 0;
+  bool bare = std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+  while (!text.empty()) {
+    std::int64_t n = 0;
+    auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (ec != std::errc{} || ptr == text.data() || n < 0 || text[0] == '-' || text[0] == '+')
+      return std::nullopt;
+    text.remove_prefix(static_cast<std::size_t>(ptr - text.data()));
+    std::int64_t unit = 0;
+    if (bare) {
+      unit = 1000;
+    } else if (text.starts_with("ms")) {
+      unit = 1, text.remove_prefix(2);
+    } else if (text.starts_with("s")) {
+      unit = 1000, text.remove_prefix(1);
+    } else if (text.starts_with("m")) {
+      unit = 60'000, text.remove_prefix(1);
+    } else if (text.starts_with("h")) {
+      unit = 3'600'000, text.remove_prefix(1);
+    } else if (text.starts_with("d")) {
+      unit = 86'400'000, text.remove_prefix(1);
+    } else {
+      return std::nullopt;
+    }
+    if (n > limit / unit || total + n * unit > limit) return std::nullopt;
+    total += n * unit;
+  }
+  return milliseconds(total);
+}
+
+std::string format_duration(milliseconds d) {
+  auto ms = d.count();
+  if (ms == 0) return "0s";
+  if (ms % 86'400'000 == 0 && ms > 86'400'000) return std::to_string(ms / 86'400'000) + "d";
+  if (ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
+  if (ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
+  if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+std::string_view type_name(const toml::node& n) {
+  switch (n.type()) {
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a float";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    default:
+      return "nothing";
+  }
+}
+
+// One value to apply, from the file (node) or from an environment variable (text).
+struct source {
+  std::string where;  // "path/relay.toml:7" or "APPOINTMENT_RELAY_DATABASE_URL"
+  std::string key;    // "database.url"
+  const toml::node* node = nullptr;
+  std::string text;
+
+  [[noreturn]] void fail(std::string_view what) const {
+    throw config_error(where + ": " + key + ": " + std::string(what));
+  }
+
+  std::string str() const {
+    if (!node) return text;
+    if (auto s = node->value<std::string>(); s && node->is_string()) return *s;
+    fail("expected a string, got " + std::string(type_name(*node)));
+  }
+
+  std::int64_t integer(std::int64_t lo, std::int64_t hi) const {
+    std::int64_t v = 0;
+    if (node) {
+      if (!node->is_integer()) fail("expected an integer, got " + std::string(type_name(*node)));
+      v = *node->value<std::int64_t>();
+    } else {
+      auto t = trim(text);
+      auto [ptr, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+      if (t.empty() || ec != std::errc{} || ptr != t.data() + t.size())
+        fail("expected an integer, got '" + text + "'");
+    }
+    if (v < lo || v > hi)
+      fail("must be between " + std::to_string(lo) + " and " + std::to_string(hi) + ", got " +
+           std::to_string(v));
+    return v;
+  }
+
+  bool boolean() const {
+    if (node) {
+      if (!node->is_boolean()) fail("expected true or false, got " + std::string(type_name(*node)));
+      return *node->value<bool>();
+    }
+    auto t = lower(trim(text));
+    if (t == "true" || t == "1" || t == "yes" || t == "on") return true;
+    if (t == "false" || t == "0" || t == "no" || t == "off") return false;
+    fail("expected true or false, got '" + text + "'");
+  }
+
+  milliseconds duration(milliseconds min, bool whole_seconds) const {
+    std::string shown;
+    std::optional<milliseconds> d;
+    if (node && node->is_integer()) {
+      auto v = *node->value<std::int64_t>();
+      shown = std::to_string(v);
+      if (v >= 0 && v <= std::int64_t{100} * 365 * 24 * 3600) d = seconds(v);
+    } else if (node && !node->is_string()) {
+      fail("expected a duration such as \"5s\", got " + std::string(type_name(*node)));
+    } else {
+      shown = str();
+      d = parse_duration(shown);
+    }
+    if (!d) fail("bad duration '" + shown + "' (use e.g. \"500ms\", \"5s\", \"10m\", \"24h\", \"7d\")");
+    if (whole_seconds && d->count() % 1000 != 0) fail("must be whole seconds, got '" + shown + "'");
+    if (*d < min) fail("must be at least " + format_duration(min) + ", got '" + shown + "'");
+    return *d;
+  }
+
+  std::vector<std::string> list() const {
+    if (!node) return split_list(text);
+    auto* arr = node->as_array();
+    if (!arr) fail("expected an array of strings, got " + std::string(type_name(*node)));
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < arr->size(); ++i) {
+      const auto& el = *arr->get(i);
+      if (!el.is_string())
+        fail("element " + std::to_string(i + 1) + ": expected a string, got " + std::string(type_name(el)));
+      out.push_back(*el.value<std::string>());
+    }
+    return out;
+  }
+};
+
+void check_listen(const source& src, const std::string& listen) {
+  if (listen.empty()) return;  // admin server disabled
+  auto colon = listen.rfind(':');
+  bool ok = colon != std::string::npos && colon > 0;
+  if (ok) {
+    std::string_view host(listen.data(), colon);
+    if (host.front() == '[')
+      ok = host.size() > 2 && host.back() == ']';
+    else
+      ok = host.find(':') == std::string_view::npos;
+    std::string_view port(listen.data() + colon + 1, listen.size() - colon - 1);
+    unsigned p = 0;
+    auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+    ok = ok && !port.empty() && ec == std::errc{} && ptr == port.data() + port.size() && p <= 65535;
+  }
+  if (!ok)
+    src.fail("expected host:port (e.g. 127.0.0.1:9187, [::1]:9187) or \"\" to disable, got '" + listen + "'");
+}
+
+constexpr std::int64_t max_count = 100'000'000;
+
+struct section_key {
+  std::string_view section;
+  std::string_view name;
+  void (*apply)(config&, const source&);
+};
+
+const std::array<section_key, 14> section_keys{{
+    {"database", "url",
+     [](config& c, const source& s) {
+       c.database.url = std::string(trim(s.str()));
+       if (c.database.url.empty()) s.fail("must not be empty");
+     }},
+    {"database", "poll_interval",
+     [](config& c, const source& s) { c.database.poll_interval = s.duration(1ms, false); }},
+    {"database", "retention",
+     [](config& c, const source& s) {
+       c.database.retention = std::chrono::duration_cast<seconds>(s.duration(1s, true));
+     }},
+    {"database", "batch_size",
+     [](config& c, const source& s) {
+       c.database.batch_size = static_cast<std::size_t>(s.integer(1, 1'000'000));
+     }},
+    {"retry", "base_delay", [](config& c, const source& s) { c.retry.base_delay = s.duration(1ms, false); }},
+    {"retry", "max_delay", [](config& c, const source& s) { c.retry.max_delay = s.duration(1ms, false); }},
+    {"retry", "max_age",
+     [](config& c, const source& s) {
+       c.retry.max_age = std::chrono::duration_cast<seconds>(s.duration(1s, true));
+     }},
+    {"retry", "max_attempts",
+     [](config& c, const source& s) { c.retry.max_attempts = static_cast<int>(s.integer(0, 1'000'000)); }},
+    {"admin", "listen",
+     [](config& c, const source& s) {
+       c.admin.listen = std::string(trim(s.str()));
+       check_listen(s, c.admin.listen);
+     }},
+    {"log", "format",
+     [](config& c, const source& s) {
+       auto v = s.str();
+       if (v != "text" && v != "json") s.fail("expected \"text\" or \"json\", got '" + v + "'");
+       c.log.format = v;
+     }},
+    {"log", "level",
+     [](config& c, const source& s) {
+       auto v = s.str();
+       static constexpr std::array<std::string_view, 7> levels{"trace", "debug",    "info", "warn",
+                                                               "error", "critical", "off"};
+       if (std::find(levels.begin(), levels.end(), v) == levels.end())
+         s.fail("expected one of trace, debug, info, warn, error, critical, off, got '" + v + "'");
+       c.log.level = v;
+     }},
+    {"relay", "max_pending_per_endpoint",
+     [](config& c, const source& s) {
+       c.relay.max_pending_per_endpoint = static_cast<std::size_t>(s.integer(1, max_count));
+     }},
+    {"relay", "shutdown_timeout",
+     [](config& c, const source& s) { c.relay.shutdown_timeout = s.duration(0ms, false); }},
+    {"relay", "watchdog_interval",
+     [](config& c, const source& s) {
+       c.relay.watchdog_interval = std::chrono::duration_cast<seconds>(s.duration(0ms, true));
+     }},
+}};
+
+// An endpoint while it is being assembled from the file and the environment.
+struct endpoint_draft {
+  endpoint_config cfg;
+  std::string origin;  // where it was first defined, for "missing" errors
+  bool has_url = false;
+};
+
+void set_secrets(endpoint_draft& ep, const source& s, std::vector<std::string> secrets) {
+  for (std::size_t i = 0; i < secrets.size(); ++i)
+    if (!valid_secret(secrets[i]))
+      // Never the value: even a malformed secret is probably most of a real one.
+      s.fail("secret " + std::to_string(i + 1) + " is not \"whsec_\" followed by base64 (value not shown)");
+  if (secrets.empty()) s.fail("no secret given");
+  ep.cfg.secrets = std::move(secrets);
+}
+
+struct endpoint_key {
+  std::string_view name;
+  void (*apply)(endpoint_draft&, const source&);
+};
+
+void apply_secret_file(endpoint_draft& ep, const source& s) {
+  auto path = std::string(trim(s.str()));
+  std::string err;
+  auto content = read_text_file(path, &err);
+  if (!content) s.fail("cannot read '" + path + "': " + err);
+  set_secrets(ep, s, split_list(*content));
+}
+
+const std::array<endpoint_key, 10> endpoint_keys{{
+    {"url",
+     [](endpoint_draft& ep, const source& s) {
+       auto text = std::string(trim(s.str()));
+       std::string err;
+       auto u = parse_url(text, &err);
+       if (!u) s.fail(err + ": '" + text + "'");
+       ep.cfg.target = *u;
+       ep.has_url = true;
+     }},
+    {"secrets", [](endpoint_draft& ep, const source& s) { set_secrets(ep, s, s.list()); }},
+    {"secret_file", apply_secret_file},
+    {"kinds",
+     [](endpoint_draft& ep, const source& s) {
+       std::vector<notification_kind> kinds;
+       for (const auto& name : s.list()) {
+         auto it =
+             std::find_if(kind_names.begin(), kind_names.end(), [&](auto& p) { return p.first == name; });
+         if (it == kind_names.end())
+           s.fail("unknown kind '" + name +
+                  "' (expected created, rescheduled, cancelled, no_show, reverted, checked_in)");
+         if (std::find(kinds.begin(), kinds.end(), it->second) != kinds.end())
+           s.fail("kind '" + name + "' listed twice");
+         kinds.push_back(it->second);
+       }
+       if (kinds.empty()) s.fail("must list at least one kind");
+       ep.cfg.kinds = std::move(kinds);
+     }},
+    {"max_in_flight", [](endpoint_draft& ep,
+                         const source& s) { ep.cfg.max_in_flight = static_cast<int>(s.integer(1, 1024)); }},
+    {"timeout", [](endpoint_draft& ep, const source& s) { ep.cfg.timeout = s.duration(1ms, false); }},
+    {"ca_file", [](endpoint_draft& ep, const source& s) { ep.cfg.tls.ca_file = s.str(); }},
+    {"client_cert_file", [](endpoint_draft& ep, const source& s) { ep.cfg.tls.client_cert_file = s.str(); }},
+    {"client_key_file", [](endpoint_draft& ep, const source& s) { ep.cfg.tls.client_key_file = s.str(); }},
+    {"verify_peer", [](endpoint_draft& ep, const source& s) { ep.cfg.tls.verify_peer = s.boolean(); }},
+}};
+
+struct builder {
+  config cfg;
+  std::vector<endpoint_draft> endpoints;
+  bool has_database_url = false;
+
+  endpoint_draft& endpoint(const std::string& name, const std::string& origin) {
+    for (auto& ep : endpoints)
+      if (ep.cfg.name == name) return ep;
+    endpoint_draft ep;
+    ep.cfg.name = name;
+    ep.cfg.kinds = all_kinds();
+    ep.origin = origin;
+    endpoints.push_back(std::move(ep));
+    return endpoints.back();
+  }
+};
+
+std::string at(const std::string& file, const toml::node& n) {
+  return file + ":" + std::to_string(n.source().begin.line);
+}
+
+[[noreturn]] void unknown_key(const std::string& file, const std::string& path, const toml::node& n) {
+  // For an unknown table, name its first key: "databse.url" says more than "databse".
+  if (auto* t = n.as_table(); t && !t->empty()) {
+    for (auto&& [k, v] : *t) unknown_key(file, path + "." + std::string(k.str()), v);
+  }
+  throw config_error(at(file, n) + ": unknown key '" + path + "'");
+}
+
+void apply_file(builder& b, const std::filesystem::path& path) {
+  const std::string file = path.string();
+  std::string err;
+  auto content = read_text_file(file, &err);
+  if (!content) throw config_error(file + ": cannot read the configuration file: " + err);
+  toml::table root;
+  try {
+    root = toml::parse(*content, file);
+  } catch (const toml::parse_error& e) {
+    throw config_error(file + ":" + std::to_string(e.source().begin.line) + ":" +
+                       std::to_string(e.source().begin.column) +
+                       ": TOML syntax error: " + std::string(e.description()));
+  }
+  for (auto& [section_key_, section_node] : root) {
+    const std::string section(section_key_.str());
+    if (section == "endpoints") {
+      auto* eps = section_node.as_table();
+      if (!eps)
+        throw config_error(at(file, section_node) + ": endpoints: expected a table ([endpoints.<name>])");
+      for (auto& [name_key, ep_node] : *eps) {
+        const std::string name(name_key.str());
+        const std::string key = "endpoints." + name;
+        auto* ep_table = ep_node.as_table();
+        if (!ep_table)
+          throw config_error(at(file, ep_node) + ": " + key + ": expected a table ([" + key + "])");
+        if (!valid_endpoint_name(name))
+          throw config_error(at(file, ep_node) + ": " + key +
+                             ": endpoint names are made of a-z, 0-9, '_' and '-'");
+        auto& ep = b.endpoint(name, at(file, ep_node));
+        if (ep_table->contains("secrets") && ep_table->contains("secret_file"))
+          throw config_error(at(file, ep_node) + ": " + key +
+                             ": give either secrets or secret_file, not both");
+        for (auto& [k, v] : *ep_table) {
+          const std::string kname(k.str());
+          auto it = std::find_if(endpoint_keys.begin(), endpoint_keys.end(),
+                                 [&](auto& ek) { return ek.name == kname; });
+          if (it == endpoint_keys.end()) unknown_key(file, key + "." + kname, v);
+          it->apply(ep, source{at(file, v), key + "." + kname, &v, {}});
+        }
+      }
+      continue;
+    }
+    bool known_section = std::any_of(section_keys.begin(), section_keys.end(),
+                                     [&](auto& sk) { return sk.section == section; });
+    if (!known_section) unknown_key(file, section, section_node);
+    auto* table = section_node.as_table();
+    if (!table)
+      throw config_error(at(file, section_node) + ": " + section + ": expected a table ([" + section + "])");
+    for (auto& [k, v] : *table) {
+      const std::string kname(k.str());
+      auto it = std::find_if(section_keys.begin(), section_keys.end(),
+                             [&](auto& sk) { return sk.section == section && sk.name == kname; });
+      if (it == section_keys.end()) unknown_key(file, section + "." + kname, v);
+      it->apply(b.cfg, source{at(file, v), section + "." + kname, &v, {}});
+      if (it->section == "database" && it->name == "url") b.has_database_url = true;
+    }
+  }
+}
+
+// Secret-bearing variables may come as NAME_FILE: the file's content, trailing newlines trimmed.
+bool is_secret_bearing(std::string_view name) {
+  return name == "DATABASE_URL" || name == "SIGNING_SECRET" ||
+         (name.starts_with("ENDPOINTS_") && name.ends_with("_SECRETS"));
+}
+
+void apply_environment(builder& b, const std::map<std::string, std::string>& env) {
+  struct entry {
+    std::string where;  // the variable's full name (and the file's path for NAME_FILE)
+    std::string name;   // without the prefix and without _FILE
+    std::string value;
+  };
+  std::vector<entry> entries;
+  for (const auto& [var, value] : env) {
+    if (!std::string_view(var).starts_with(env_prefix)) continue;
+    std::string name = var.substr(env_prefix.size());
+    if (name.starts_with("TEST_") || name == "SQL_DIR") continue;  // used by the tests and tools
+    if (name.ends_with("_FILE")) {
+      std::string base = name.substr(0, name.size() - 5);
+      if (is_secret_bearing(base)) {
+        if (env.count(std::string(env_prefix) + base))
+          throw config_error(var + ": set either " + std::string(env_prefix) + base + " or " + var +
+                             ", not both");
+        std::string err;
+        auto content = read_text_file(value, &err);
+        if (!content) throw config_error(var + ": cannot read '" + value + "': " + err);
+        while (!content->empty() && (content->back() == '\n' || content->back() == '\r')) content->pop_back();
+        entries.push_back({var + " ('" + value + "')", base, *content});
+        continue;
+      }
+    }
+    entries.push_back({var, name, value});
+  }
+
+  // Sections first, then named endpoints, then the short endpoint names (they win over the long ones).
+  std::vector<const entry*> endpoint_entries, short_entries;
+  for (const auto& e : entries) {
+    if (e.name == "ENDPOINT_URL" || e.name == "SIGNING_SECRET") {
+      short_entries.push_back(&e);
+      continue;
+    }
+    if (e.name.starts_with("ENDPOINTS_")) {
+      endpoint_entries.push_back(&e);
+      continue;
+    }
+    auto it = std::find_if(section_keys.begin(), section_keys.end(),
+                           [&](auto& sk) { return upper(sk.section) + "_" + upper(sk.name) == e.name; });
+    if (it == section_keys.end())
+      throw config_error(e.where +
+                         ": unknown environment variable (see config/appointment-relay.toml for the keys)");
+    it->apply(b.cfg,
+              source{e.where, std::string(it->section) + "." + std::string(it->name), nullptr, e.value});
+    if (it->section == "database" && it->name == "url") b.has_database_url = true;
+  }
+
+  for (const auto* e : endpoint_entries) {
+    std::string_view rest = std::string_view(e->name).substr(10);  // after ENDPOINTS_
+    // The longest key that ends the name; the endpoint's name is what precedes it.
+    const endpoint_key* key = nullptr;
+    std::size_t key_len = 0;
+    for (const auto& ek : endpoint_keys) {
+      std::string suffix = "_" + upper(ek.name);
+      if (rest.size() > suffix.size() && rest.ends_with(suffix) && suffix.size() > key_len) {
+        key = &ek;
+        key_len = suffix.size();
+      }
+    }
+    if (!key)
+      throw config_error(e->where +
+                         ": unknown environment variable (expected APPOINTMENT_RELAY_ENDPOINTS_<NAME>_<KEY>, "
+                         "KEY one of URL, SECRETS, SECRET_FILE, KINDS, MAX_IN_FLIGHT, TIMEOUT, CA_FILE, "
+                         "CLIENT_CERT_FILE, CLIENT_KEY_FILE, VERIFY_PEER)");
+    std::string_view env_name = rest.substr(0, rest.size() - key_len);
+    // An endpoint of the file whose name, upper-cased with '-' as '_', is env_name; else a new one.
+    std::string name;
+    for (const auto& ep : b.endpoints) {
+      if (upper(ep.cfg.name) != upper(env_name)) continue;
+      if (!name.empty() && name != ep.cfg.name)
+        throw config_error(e->where + ": ambiguous: matches endpoints '" + name + "' and '" + ep.cfg.name +
+                           "'");
+      name = ep.cfg.name;
+    }
+    if (name.empty()) {
+      name = lower(env_name);
+      if (!valid_endpoint_name(name))
+        throw config_error(e->where + ": endpoint names are made of a-z, 0-9, '_' and '-'");
+    }
+    auto& ep = b.endpoint(name, e->where);
+    key->apply(ep, source{e->where, "endpoints." + name + "." + std::string(key->name), nullptr, e->value});
+  }
+
+  for (const auto* e : short_entries) {
+    auto& ep = b.endpoint("default", e->where);
+    const auto& key = e->name == "ENDPOINT_URL" ? endpoint_keys[0] : endpoint_keys[1];
+    key.apply(ep, source{e->where, "endpoints.default." + std::string(key.name), nullptr, e->value});
+  }
+}
+
+config finish(builder& b) {
+  if (!b.has_database_url)
+    throw config_error("database.url: missing: set url in [database] or APPOINTMENT_RELAY_DATABASE_URL");
+  if (b.cfg.retry.max_delay < b.cfg.retry.base_delay)
+    throw config_error("retry.max_delay (" + format_duration(b.cfg.retry.max_delay) +
+                       ") is below retry.base_delay (" + format_duration(b.cfg.retry.base_delay) + ")");
+  for (auto& ep : b.endpoints) {
+    const std::string key = "endpoints." + ep.cfg.name;
+    if (!ep.has_url) throw config_error(ep.origin + ": " + key + ".url: missing");
+    // No secret is allowed (the endpoint gets unsigned webhooks); `run` warns about it at start.
+    if (ep.cfg.tls.client_cert_file.empty() != ep.cfg.tls.client_key_file.empty())
+      throw config_error(ep.origin + ": " + key + ": client_cert_file and client_key_file go together");
+    b.cfg.endpoints.push_back(std::move(ep.cfg));
+  }
+  return std::move(b.cfg);
+}
+
+// A TOML basic string.
+std::string quote(std::string_view s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    auto c = static_cast<unsigned char>(ch);
+    switch (ch) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      default:
+        if (c < 0x20 || c == 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += ch;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string mask_uri(const std::string& url) {
+  std::string out = url;
+  auto start = out.find("://") + 3;
+  auto query = out.find('?', start);
+  auto at_sign = out.rfind('@', query == std::string::npos ? std::string::npos : query);
+  if (at_sign != std::string::npos && at_sign >= start) {
+    auto colon = out.find(':', start);
+    if (colon != std::string::npos && colon < at_sign) {
+      out.replace(colon + 1, at_sign - colon - 1, "***");
+      query = out.find('?', start);
+    }
+  }
+  if (query == std::string::npos) return out;
+  // password=... among the query parameters.
+  std::size_t pos = query + 1;
+  while (pos <= out.size()) {
+    auto amp = out.find('&', pos);
+    auto end = amp == std::string::npos ? out.size() : amp;
+    if (std::string_view(out).substr(pos, end - pos).starts_with("password=")) {
+      out.replace(pos + 9, end - pos - 9, "***");
+      end = pos + 9 + 3;
+    }
+    if (amp == std::string::npos) break;
+    pos = end + 1;
+  }
+  return out;
+}
+
+std::string mask_conninfo(const std::string& s) {
+  std::string out;
+  std::size_t i = 0;
+  const std::size_t n = s.size();
+  auto space = [&](std::size_t k) { return k < n && std::isspace(static_cast<unsigned char>(s[k])); };
+  while (i < n) {
+    std::size_t k = i;
+    while (space(k)) ++k;
+    out.append(s, i, k - i);
+    i = k;
+    if (i >= n) break;
+    while (k < n && s[k] != '=' && !space(k)) ++k;
+    std::string key = s.substr(i, k - i);
+    while (space(k)) ++k;
+    if (k >= n || s[k] != '=')
+      return s.find("password") == std::string::npos ? s : "*** (unreadable conninfo)";
+    ++k;
+    while (space(k)) ++k;
+    out.append(s, i, k - i);
+    std::size_t v = k;
+    if (v < n && s[v] == '\'') {
+      ++v;
+      while (v < n && s[v] != '\'') v += s[v] == '\\' ? 2 : 1;
+      if (v >= n) return s.find("password") == std::string::npos ? s : "*** (unreadable conninfo)";
+      ++v;
+    } else {
+      while (v < n && !space(v)) v += s[v] == '\\' ? 2 : 1;
+      v = std::min(v, n);
+    }
+    if (key == "password")
+      out += "***";
+    else
+      out.append(s, k, v - k);
+    i = v;
+  }
+  return out;
+}
+
+}  // namespace
+
+config load_config(const std::optional<std::filesystem::path>& file,
+                   const std::map<std::string, std::string>& env) {
+  builder b;
+  if (file) apply_file(b, *file);
+  apply_environment(b, env);
+  return finish(b);
+}
+
+std::map<std::string, std::string> relay_environment() {
+  std::map<std::string, std::string> out;
+  for (char** e = environ; e && *e; ++e) {
+    std::string_view entry(*e);
+    if (!entry.starts_with(env_prefix)) continue;
+    auto eq = entry.find('=');
+    if (eq == std::string_view::npos) continue;
+    out.emplace(std::string(entry.substr(0, eq)), std::string(entry.substr(eq + 1)));
+  }
+  return out;
+}
+
+std::string mask_database_url(const std::string& url) {
+  if (url.starts_with("postgresql://") || url.starts_with("postgres://")) return mask_uri(url);
+  return mask_conninfo(url);
+}
+
+std::string render_config(const config& cfg) {
+  std::ostringstream o;
+  o << "# Effective configuration (secrets and the database password masked)\n\n"
+    << "[database]\n"
+    << "url = " << quote(mask_database_url(cfg.database.url)) << "\n"
+    << "poll_interval = " << quote(format_duration(cfg.database.poll_interval)) << "\n"
+    << "retention = " << quote(format_duration(cfg.database.retention)) << "\n"
+    << "batch_size = " << cfg.database.batch_size << "\n\n"
+    << "[retry]\n"
+    << "base_delay = " << quote(format_duration(cfg.retry.base_delay)) << "\n"
+    << "max_delay = " << quote(format_duration(cfg.retry.max_delay)) << "\n"
+    << "max_age = " << quote(format_duration(cfg.retry.max_age)) << "\n"
+    << "max_attempts = " << cfg.retry.max_attempts << "\n\n"
+    << "[admin]\n"
+    << "listen = " << quote(cfg.admin.listen) << "\n\n"
+    << "[log]\n"
+    << "format = " << quote(cfg.log.format) << "\n"
+    << "level = " << quote(cfg.log.level) << "\n\n"
+    << "[relay]\n"
+    << "max_pending_per_endpoint = " << cfg.relay.max_pending_per_endpoint << "\n"
+    << "shutdown_timeout = " << quote(format_duration(cfg.relay.shutdown_timeout)) << "\n"
+    << "watchdog_interval = " << quote(format_duration(cfg.relay.watchdog_interval)) << "\n";
+  for (const auto& ep : cfg.endpoints) {
+    o << "\n[endpoints." << ep.name << "]\n"
+      << "url = " << quote(ep.target.to_string()) << "\n"
+      << "secrets = [";
+    for (std::size_t i = 0; i < ep.secrets.size(); ++i) o << (i ? ", " : "") << quote("whsec_***");
+    o << "]\nkinds = [";
+    for (std::size_t i = 0; i < ep.kinds.size(); ++i) o << (i ? ", " : "") << quote(kind_name(ep.kinds[i]));
+    o << "]\n"
+      << "max_in_flight = " << ep.max_in_flight << "\n"
+      << "timeout = " << quote(format_duration(ep.timeout)) << "\n"
+      << "ca_file = " << quote(ep.tls.ca_file) << "\n"
+      << "client_cert_file = " << quote(ep.tls.client_cert_file) << "\n"
+      << "client_key_file = " << quote(ep.tls.client_key_file) << "\n"
+      << "verify_peer = " << (ep.tls.verify_peer ? "true" : "false") << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace appointment_relay

@@ -1,0 +1,324 @@
+#include "appointment_relay/db_worker.hpp"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+
+#include "appointment_relay/metrics.hpp"
+
+namespace appointment_relay {
+namespace {
+
+using steady = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr auto purge_every = std::chrono::seconds(60);
+constexpr int purge_batch = 1000;
+
+struct fetch_command {
+  std::string endpoint;
+  std::size_t limit = 0;
+  std::function<void(std::vector<pending_event>)> done;
+};
+
+struct record_batch {
+  std::vector<delivery_update> updates;
+  std::map<std::string, std::int64_t> done_through;
+
+  void merge(record_batch&& other) {
+    if (updates.empty())
+      updates = std::move(other.updates);
+    else
+      updates.insert(updates.end(), std::make_move_iterator(other.updates.begin()),
+                     std::make_move_iterator(other.updates.end()));
+    for (auto& [endpoint, id] : other.done_through) {
+      auto [it, inserted] = done_through.emplace(endpoint, id);
+      if (!inserted) it->second = std::max(it->second, id);
+    }
+  }
+  bool empty() const { return updates.empty() && done_through.empty(); }
+};
+
+// Everything the worker thread touches. Shared with the thread so that a thread still blocked in libpq when
+// stop()'s deadline passes can be detached safely.
+struct state {
+  state(executor io_, db_worker_settings settings_, db_worker_callbacks callbacks_, metrics& m_)
+      : io(std::move(io_)), settings(std::move(settings_)), callbacks(std::move(callbacks_)), m(m_) {
+    wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd < 0) throw std::runtime_error("eventfd failed");
+  }
+  ~state() { ::close(wake_fd); }
+  state(const state&) = delete;
+  state& operator=(const state&) = delete;
+
+  executor io;
+  const db_worker_settings settings;
+  const db_worker_callbacks callbacks;
+  metrics& m;
+  int wake_fd = -1;
+
+  std::mutex mutex;
+  std::condition_variable finished_cv;
+  bool stopping = false;  // no more work accepted; flush and end
+  bool finished = false;
+  std::deque<fetch_command> fetches;
+  record_batch records;
+
+  void signal() const {
+    std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_fd, &one, sizeof one);  // EAGAIN only when already signalled
+  }
+  void drain() const {
+    std::uint64_t v = 0;
+    [[maybe_unused]] auto n = ::read(wake_fd, &v, sizeof v);
+  }
+  bool is_stopping() {
+    std::lock_guard lock(mutex);
+    return stopping;
+  }
+
+  template <class F>
+  void post(F f) {
+    net::post(io, std::move(f));
+  }
+  void post_wake() {
+    post([cb = callbacks.on_wake] {
+      if (cb) cb();
+    });
+  }
+  void answer(fetch_command& f, std::vector<pending_event> rows) {
+    post([done = std::move(f.done), rows = std::move(rows)]() mutable {
+      if (done) done(std::move(rows));
+    });
+  }
+  // The connection is down or not ours: every outstanding fetch gets nothing.
+  void fail_fetches() {
+    std::deque<fetch_command> taken;
+    {
+      std::lock_guard lock(mutex);
+      taken.swap(fetches);
+    }
+    for (auto& f : taken) answer(f, {});
+  }
+
+  // Waits for a command or the timeout; outside the active loop, fetches are answered with nothing.
+  void idle_wait(milliseconds timeout) {
+    pollfd p{wake_fd, POLLIN, 0};
+    ::poll(&p, 1, static_cast<int>(std::max<milliseconds::rep>(0, timeout.count())));
+    if (p.revents & POLLIN) drain();
+    fail_fetches();
+  }
+};
+
+// libpq's messages span lines; a log line is one line.
+std::string one_line(std::string text) {
+  for (auto& c : text)
+    if (c == '\n' || c == '\t') c = ' ';
+  while (!text.empty() && text.back() == ' ') text.pop_back();
+  return text;
+}
+
+void write_records(state& s, store& db) {
+  record_batch batch;
+  {
+    std::lock_guard lock(s.mutex);
+    std::swap(batch, s.records);
+  }
+  if (batch.empty()) return;
+  try {
+    db.record(batch.updates, batch.done_through);
+  } catch (...) {
+    // Not written: back in front of what arrived meanwhile, for the next connection.
+    std::lock_guard lock(s.mutex);
+    batch.merge(std::move(s.records));
+    s.records = std::move(batch);
+    throw;
+  }
+}
+
+void run_fetches(state& s, store& db) {
+  std::deque<fetch_command> taken;
+  {
+    std::lock_guard lock(s.mutex);
+    taken.swap(s.fetches);
+  }
+  while (!taken.empty()) {
+    try {
+      auto rows = db.read_pending(taken.front().endpoint, taken.front().limit);
+      s.answer(taken.front(), std::move(rows));
+      taken.pop_front();
+    } catch (...) {
+      std::lock_guard lock(s.mutex);
+      for (auto it = taken.rbegin(); it != taken.rend(); ++it) s.fetches.push_front(std::move(*it));
+      throw;
+    }
+  }
+}
+
+// The leader's loop; returns when stopping (records flushed), throws when the connection is lost.
+void active_loop(state& s, store& db) {
+  auto next_tick = steady::now() + s.settings.poll_interval;
+  auto next_purge = steady::now() + std::chrono::seconds(5);
+  for (;;) {
+    write_records(s, db);
+    if (s.is_stopping()) return;
+    run_fetches(s, db);
+    if (db.take_notifications() > 0) s.post_wake();
+
+    auto now = steady::now();
+    if (now >= next_tick) {
+      next_tick = now + s.settings.poll_interval;
+      s.post_wake();
+      if (now >= next_purge) {
+        next_purge = now + purge_every;
+        if (!s.settings.endpoints.empty()) {
+          auto n = db.purge(s.settings.retention, s.settings.endpoints, purge_batch);
+          if (n > 0) spdlog::debug("database: purged {} delivered outbox rows past retention", n);
+        }
+      }
+    }
+    int sock = db.socket();
+    if (sock < 0) throw std::runtime_error("the database connection has no socket");
+    pollfd fds[2] = {{sock, POLLIN, 0}, {s.wake_fd, POLLIN, 0}};
+    auto timeout = std::chrono::duration_cast<milliseconds>(next_tick - steady::now()).count() + 1;
+    int r = ::poll(fds, 2, static_cast<int>(std::max<milliseconds::rep>(0, timeout)));
+    if (r < 0 && errno != EINTR) throw std::runtime_error("poll failed");
+    if (fds[1].revents & POLLIN) s.drain();
+    if (fds[0].revents & (POLLIN | POLLERR | POLLHUP)) {
+      if (db.take_notifications() > 0) s.post_wake();
+    }
+  }
+}
+
+void run(std::shared_ptr<state> sp) {
+  state& s = *sp;
+  std::mt19937_64 rng{std::random_device{}()};
+  int failures = 0;
+  bool connected_before = false;
+  while (!s.is_stopping()) {
+    bool active = false;
+    try {
+      store db(s.settings.database_url);
+      if (connected_before) s.m.database_reconnect();
+      connected_before = true;
+      bool leader = db.try_lock_leadership();
+      if (!leader) {
+        spdlog::info("database: another instance is active; standing by");
+        s.post([cb = s.callbacks.on_standby] {
+          if (cb) cb();
+        });
+      }
+      while (!leader) {
+        s.idle_wait(s.settings.standby_retry);
+        if (s.is_stopping()) break;
+        leader = db.try_lock_leadership();  // also proves the connection is alive
+      }
+      if (!leader) break;
+      db.listen();
+      db.reset_read_positions();
+      auto id = db.installation_id();
+      active = true;
+      failures = 0;
+      spdlog::info("database: connected and active (installation {})", id);
+      s.post([cb = s.callbacks.on_active, id] {
+        if (cb) cb(id);
+      });
+      s.m.set_database_up(true);
+      s.post_wake();
+      active_loop(s, db);
+      break;
+    } catch (const std::exception& e) {
+      spdlog::warn("database: {}; reconnecting", one_line(e.what()));
+    }
+    if (active) {
+      s.post([cb = s.callbacks.on_inactive] {
+        if (cb) cb();
+      });
+    }
+    s.m.set_database_up(false);
+    s.fail_fetches();
+    if (s.is_stopping()) break;
+    // Exponential backoff with full jitter between reconnect_min and the capped exponential.
+    auto lo = s.settings.reconnect_min.count();
+    auto cap = std::min<std::int64_t>(s.settings.reconnect_max.count(), lo << std::min(failures, 20));
+    ++failures;
+    std::uniform_int_distribution<std::int64_t> pick(lo, std::max<std::int64_t>(lo, cap));
+    auto until = steady::now() + milliseconds(pick(rng));
+    while (!s.is_stopping() && steady::now() < until)
+      s.idle_wait(std::chrono::duration_cast<milliseconds>(until - steady::now()));
+  }
+  s.m.set_database_up(false);
+  s.fail_fetches();
+  std::lock_guard lock(s.mutex);
+  s.finished = true;
+  s.finished_cv.notify_all();
+}
+
+class worker final : public db_worker {
+ public:
+  worker(executor io, db_worker_settings settings, db_worker_callbacks callbacks, metrics& m)
+      : state_(std::make_shared<state>(std::move(io), std::move(settings), std::move(callbacks), m)),
+        thread_(run, state_) {}
+  ~worker() override { stop(std::chrono::seconds(5)); }
+
+  void fetch(std::string endpoint, std::size_t limit,
+             std::function<void(std::vector<pending_event>)> done) override {
+    fetch_command f{std::move(endpoint), limit, std::move(done)};
+    {
+      std::lock_guard lock(state_->mutex);
+      if (!state_->stopping) {
+        state_->fetches.push_back(std::move(f));
+        state_->signal();
+        return;
+      }
+    }
+    state_->answer(f, {});
+  }
+
+  void record(std::vector<delivery_update> updates,
+              std::map<std::string, std::int64_t> done_through) override {
+    std::lock_guard lock(state_->mutex);
+    state_->records.merge(record_batch{std::move(updates), std::move(done_through)});
+    state_->signal();
+  }
+
+  void stop(std::chrono::milliseconds flush_deadline) override {
+    if (!thread_.joinable()) return;
+    std::unique_lock lock(state_->mutex);
+    state_->stopping = true;
+    state_->signal();
+    bool done = state_->finished_cv.wait_for(lock, flush_deadline, [&] { return state_->finished; });
+    lock.unlock();
+    if (done) {
+      thread_.join();
+    } else {
+      // Still blocked in libpq: it owns a share of the state and ends on its own.
+      spdlog::warn("database: the worker did not finish within {} ms; leaving it behind",
+                   flush_deadline.count());
+      thread_.detach();
+    }
+  }
+
+ private:
+  std::shared_ptr<state> state_;
+  std::thread thread_;
+};
+
+}  // namespace
+
+std::unique_ptr<db_worker> start_db_worker(executor io, db_worker_settings settings,
+                                           db_worker_callbacks callbacks, metrics& m) {
+  return std::make_unique<worker>(std::move(io), std::move(settings), std::move(callbacks), m);
+}
+
+}  // namespace appointment_relay

@@ -1,0 +1,195 @@
+#include "appointment_relay/cli.hpp"
+
+#include <gtest/gtest.h>
+
+namespace appointment_relay::cli {
+namespace {
+
+std::variant<invocation, usage_error> parse(std::vector<std::string_view> args) {
+  return parse_command_line(args);
+}
+
+invocation ok(std::vector<std::string_view> args) {
+  auto r = parse(args);
+  if (auto* e = std::get_if<usage_error>(&r)) ADD_FAILURE() << "usage error: " << e->message;
+  return std::holds_alternative<invocation>(r) ? std::get<invocation>(r) : invocation{};
+}
+
+usage_error bad(std::vector<std::string_view> args) {
+  auto r = parse(args);
+  if (std::holds_alternative<invocation>(r)) {
+    ADD_FAILURE() << "accepted";
+    return usage_error{""};
+  }
+  return std::get<usage_error>(r);
+}
+
+TEST(cli, should_recognise_every_command) {
+  struct row {
+    std::string_view arg;
+    command expected;
+  };
+  for (const auto& r : std::vector<row>{{"run", command::run},
+                                        {"migrate", command::migrate},
+                                        {"check-config", command::check_config},
+                                        {"status", command::status},
+                                        {"version", command::version}}) {
+    auto inv = ok({r.arg});
+    EXPECT_EQ(inv.cmd, r.expected) << r.arg;
+    EXPECT_FALSE(inv.help) << r.arg;
+    EXPECT_FALSE(inv.config_path) << r.arg;
+    EXPECT_EQ(to_string(inv.cmd), r.arg);
+  }
+  EXPECT_EQ(ok({"replay", "--all"}).cmd, command::replay);
+}
+
+TEST(cli, should_take_the_config_file_before_or_after_the_command) {
+  for (const auto& args : std::vector<std::vector<std::string_view>>{{"--config", "/etc/r.toml", "run"},
+                                                                     {"run", "--config", "/etc/r.toml"},
+                                                                     {"run", "-c", "/etc/r.toml"},
+                                                                     {"-c", "/etc/r.toml", "run"},
+                                                                     {"run", "--config=/etc/r.toml"}}) {
+    auto inv = ok(args);
+    EXPECT_EQ(inv.cmd, command::run);
+    EXPECT_EQ(inv.config_path, "/etc/r.toml");
+  }
+  EXPECT_EQ(ok({"migrate", "-c", "a.toml"}).config_path, "a.toml");
+  EXPECT_EQ(ok({"check-config", "-c", "a.toml"}).config_path, "a.toml");
+  EXPECT_EQ(ok({"status", "-c", "a.toml"}).config_path, "a.toml");
+}
+
+TEST(cli, should_give_help_for_each_command_and_the_overview) {
+  for (auto name : {"run", "migrate", "check-config", "status", "replay", "version"}) {
+    for (auto flag : {"--help", "-h"}) {
+      auto inv = ok({name, flag});
+      EXPECT_TRUE(inv.help) << name;
+      EXPECT_EQ(to_string(inv.cmd), name);
+    }
+    auto via_help = ok({"help", name});
+    EXPECT_TRUE(via_help.help);
+    EXPECT_EQ(to_string(via_help.cmd), name);
+  }
+  for (const auto& args : std::vector<std::vector<std::string_view>>{{"--help"}, {"-h"}, {"help"}}) {
+    auto inv = ok(args);
+    EXPECT_TRUE(inv.help);
+    EXPECT_EQ(inv.cmd, command::help);
+  }
+  // Help wins over what is still missing: `replay --help` needs no filter.
+  EXPECT_TRUE(ok({"replay", "--help"}).help);
+}
+
+TEST(cli, should_document_usage_options_exit_codes_and_an_example_in_each_help) {
+  for (auto c : {command::run, command::migrate, command::check_config, command::status, command::replay,
+                 command::help}) {
+    auto text = help_text(c);
+    EXPECT_NE(text.find("Usage: appointment-relay"), std::string::npos) << to_string(c);
+    EXPECT_NE(text.find("--config"), std::string::npos) << to_string(c);
+    EXPECT_NE(text.find("78"), std::string::npos) << to_string(c);
+    EXPECT_NE(text.find("Example"), std::string::npos) << to_string(c);
+    EXPECT_NE(text.find("APPOINTMENT_RELAY_DATABASE_URL"), std::string::npos) << to_string(c);
+    EXPECT_EQ(text.back(), '\n');
+  }
+  EXPECT_NE(help_text(command::replay).find("--event-id"), std::string::npos);
+  EXPECT_NE(help_text(command::status).find("--json"), std::string::npos);
+  for (auto name : {"run", "migrate", "check-config", "status", "replay", "version"})
+    EXPECT_NE(help_text(command::help).find(name), std::string::npos) << name;
+}
+
+TEST(cli, should_print_the_version_for_the_flag_and_the_command) {
+  EXPECT_EQ(ok({"--version"}).cmd, command::version);
+  EXPECT_EQ(ok({"version"}).cmd, command::version);
+}
+
+TEST(cli, should_read_status_json) {
+  EXPECT_TRUE(ok({"status", "--json"}).json);
+  EXPECT_FALSE(ok({"status"}).json);
+}
+
+TEST(cli, should_read_the_replay_filters) {
+  auto all = ok({"replay", "--all"});
+  EXPECT_TRUE(all.replay.all);
+
+  auto inv = ok({"replay", "--endpoint", "crm", "--event-id=42", "--since", "2024-05-01T12:00:00Z", "--until",
+                 "2024-05-02"});
+  EXPECT_FALSE(inv.replay.all);
+  EXPECT_EQ(inv.replay.endpoint, "crm");
+  EXPECT_EQ(inv.replay.event_id, 42);
+  EXPECT_EQ(inv.replay.since, 1714564800);
+  EXPECT_EQ(inv.replay.until, 1714608000);
+
+  EXPECT_EQ(ok({"replay", "--event-id", "7"}).replay.event_id, 7);
+  EXPECT_EQ(ok({"replay", "--since", "2024-05-01T14:00:00+02:00"}).replay.since, 1714564800);
+}
+
+TEST(cli, should_read_times_in_rfc3339_and_as_dates) {
+  struct row {
+    std::string_view text;
+    std::optional<std::int64_t> expected;
+  };
+  for (const auto& r : std::vector<row>{{"1970-01-01", 0},
+                                        {"2024-05-01T12:00:00Z", 1714564800},
+                                        {"2024-05-01 12:00:00z", 1714564800},
+                                        {"2024-05-01T12:00:00.123456Z", 1714564800},
+                                        {"2024-05-01T10:30:00-01:30", 1714564800},
+                                        {"2024-02-29", 1709164800},
+                                        {"2023-02-29", std::nullopt},
+                                        {"2024-05-01T12:00:00", std::nullopt},
+                                        {"2024-05-01T25:00:00Z", std::nullopt},
+                                        {"yesterday", std::nullopt},
+                                        {"2024-5-1", std::nullopt},
+                                        {"", std::nullopt}}) {
+    EXPECT_EQ(parse_time(r.text), r.expected) << r.text;
+  }
+}
+
+TEST(cli, should_reject_a_bad_command_line_with_exit_code_2_and_a_hint) {
+  struct row {
+    std::vector<std::string_view> args;
+    std::string expected;
+  };
+  for (const auto& r : std::vector<row>{
+           {{}, "no command given"},
+           {{"start"}, "unknown command 'start'"},
+           {{"run", "--verbose"}, "unknown option '--verbose' for 'run'"},
+           {{"run", "extra"}, "unexpected argument 'extra' for 'run'"},
+           {{"run", "--config"}, "option '--config' needs a value"},
+           {{"run", "--config="}, "option '--config' needs a file name"},
+           {{"run", "--json"}, "unknown option '--json' for 'run'"},
+           {{"status", "--all"}, "unknown option '--all' for 'status'"},
+           {{"status", "--json=yes"}, "option '--json' takes no value"},
+           {{"replay"}, "replay: say what to replay"},
+           {{"replay", "--all", "--endpoint", "crm"}, "--all excludes"},
+           {{"replay", "--event-id", "abc"}, "'--event-id' needs a positive integer, got 'abc'"},
+           {{"replay", "--event-id", "0"}, "needs a positive integer"},
+           {{"replay", "--since", "last week"}, "'--since' needs a time"},
+           {{"replay", "--since", "2024-05-02", "--until", "2024-05-01"}, "--since must be before --until"},
+           {{"replay", "--endpoint"}, "option '--endpoint' needs a value"},
+           {{"help", "frobnicate"}, "unknown command 'frobnicate'"},
+           {{"version", "--config", "x"}, "unknown option '--config' for 'version'"},
+           {{"run", "--version"}, "'--version' is a command of its own"},
+       }) {
+    auto e = bad(r.args);
+    EXPECT_NE(e.message.find(r.expected), std::string::npos) << e.message;
+    EXPECT_EQ(e.exit_code, exit_usage);
+    EXPECT_EQ(e.hint, "see appointment-relay --help");
+  }
+}
+
+TEST(cli, should_name_the_exit_codes) {
+  EXPECT_EQ(exit_ok, 0);
+  EXPECT_EQ(exit_failure, 1);
+  EXPECT_EQ(exit_usage, 2);
+  EXPECT_EQ(exit_config, 78);
+}
+
+TEST(cli, should_parse_argv_without_the_program_name) {
+  const char* argv[] = {"appointment-relay", "status", "--json", "-c", "r.toml"};
+  auto r = parse_command_line(5, argv);
+  ASSERT_TRUE(std::holds_alternative<invocation>(r));
+  EXPECT_EQ(std::get<invocation>(r).cmd, command::status);
+  EXPECT_TRUE(std::get<invocation>(r).json);
+  EXPECT_EQ(std::get<invocation>(r).config_path, "r.toml");
+}
+
+}  // namespace
+}  // namespace appointment_relay::cli

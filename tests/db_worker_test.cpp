@@ -1,0 +1,250 @@
+#include "appointment_relay/db_worker.hpp"
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "appointment_relay/metrics.hpp"
+#include "support/test_database.hpp"
+
+namespace appointment_relay {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::scratch_database;
+
+// What the callbacks saw, in order: "active", "inactive"; wakes are counted.
+class recorder {
+ public:
+  db_worker_callbacks callbacks() {
+    return {[this](std::string id) { push("active", std::move(id)); }, [this] { push("inactive", ""); },
+            [this] {
+              std::lock_guard lock(mutex_);
+              ++wakes_;
+              cv_.notify_all();
+            }};
+  }
+  bool wait(const std::function<bool(const std::vector<std::string>&, int)>& pred,
+            std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, timeout, [&] { return pred(events_, wakes_); });
+  }
+  bool wait_events(std::size_t n, std::chrono::milliseconds timeout) {
+    return wait([n](const auto& e, int) { return e.size() >= n; }, timeout);
+  }
+  std::vector<std::string> events() {
+    std::lock_guard lock(mutex_);
+    return events_;
+  }
+  int wakes() {
+    std::lock_guard lock(mutex_);
+    return wakes_;
+  }
+  std::string installation() {
+    std::lock_guard lock(mutex_);
+    return installation_;
+  }
+
+ private:
+  void push(const char* what, std::string id) {
+    std::lock_guard lock(mutex_);
+    events_.push_back(what);
+    if (!id.empty()) installation_ = std::move(id);
+    cv_.notify_all();
+  }
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<std::string> events_;
+  std::string installation_;
+  int wakes_ = 0;
+};
+
+class db_worker_test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    io_thread_ = std::thread([this] { io_.run(); });
+  }
+  void TearDown() override {
+    guard_.reset();
+    io_.stop();
+    io_thread_.join();
+  }
+
+  db_worker_settings settings(const std::string& url) {
+    db_worker_settings s;
+    s.database_url = url;
+    s.endpoints = {"a"};
+    s.poll_interval = 5000ms;  // long: a wake within milliseconds must come from NOTIFY
+    s.reconnect_min = 50ms;
+    s.reconnect_max = 400ms;
+    s.standby_retry = 100ms;
+    return s;
+  }
+
+  std::unique_ptr<db_worker> start(const std::string& url, recorder& r) {
+    return start_db_worker(io_.get_executor(), settings(url), r.callbacks(), metrics_);
+  }
+  std::unique_ptr<db_worker> start(db_worker_settings s, recorder& r) {
+    return start_db_worker(io_.get_executor(), std::move(s), r.callbacks(), metrics_);
+  }
+
+  // fetch() is called on the io thread, as the dispatcher does.
+  std::vector<pending_event> fetch(db_worker& w, const std::string& endpoint) {
+    auto p = std::make_shared<std::promise<std::vector<pending_event>>>();
+    auto f = p->get_future();
+    net::post(io_, [&w, endpoint, p] {
+      w.fetch(endpoint, 100, [p](std::vector<pending_event> rows) { p->set_value(std::move(rows)); });
+    });
+    if (f.wait_for(5s) != std::future_status::ready) throw std::runtime_error("fetch not answered");
+    return f.get();
+  }
+
+  static void book(const scratch_database& db) {
+    db.exec(
+        "WITH p AS (INSERT INTO api_patient (key) VALUES (md5(random()::text)) RETURNING id)"
+        " INSERT INTO api_appointment (patient_id, start_time, duration_minutes)"
+        " SELECT id, '2021-12-24 21:30+00', 30 FROM p");
+  }
+  static void kill_relay_sessions(const scratch_database& db) {
+    db.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name = 'appointment-relay'");
+  }
+
+  metrics metrics_;
+  net::io_context io_;
+  net::executor_work_guard<net::io_context::executor_type> guard_ = net::make_work_guard(io_);
+  std::thread io_thread_;
+};
+
+TEST_F(db_worker_test, should_become_active_and_wake_on_notify_within_milliseconds) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  recorder r;
+  auto w = start(db.url(), r);
+  ASSERT_TRUE(r.wait_events(1, 5s));
+  EXPECT_EQ(r.events(), std::vector<std::string>{"active"});
+  EXPECT_EQ(r.installation(), db.query_value("SELECT id FROM appointment_relay.installation"));
+  EXPECT_TRUE(metrics_.database_up());
+  ASSERT_TRUE(r.wait([](const auto&, int wakes) { return wakes >= 1; }, 2s));  // the catch-up wake
+  int before = r.wakes();
+  auto t0 = std::chrono::steady_clock::now();
+  book(db);
+  ASSERT_TRUE(r.wait([before](const auto&, int wakes) { return wakes > before; }, 2s));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 500ms);
+  auto rows = fetch(*w, "a");
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_TRUE(std::holds_alternative<captured_change>(rows[0].change));
+  w->stop(2s);
+  EXPECT_FALSE(metrics_.database_up());
+  EXPECT_TRUE(fetch(*w, "a").empty());  // stopped: answered with nothing
+}
+
+TEST_F(db_worker_test, should_reconnect_after_its_session_is_terminated_and_read_what_was_missed) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  recorder r;
+  auto w = start(db.url(), r);
+  ASSERT_TRUE(r.wait_events(1, 5s));
+  book(db);
+  auto first = fetch(*w, "a");
+  ASSERT_EQ(first.size(), 1u);
+  w->record({{first[0].id, "a", delivery_state::delivered, 1, 1700000000000, 1700000000000, {}, "", ""}},
+            {{"a", first[0].id}});
+  ASSERT_TRUE(fetch(*w, "a").empty());  // the record is written before the next fetch
+  kill_relay_sessions(db);
+  book(db);
+  ASSERT_TRUE(r.wait_events(3, 5s));
+  EXPECT_EQ(r.events(), (std::vector<std::string>{"active", "inactive", "active"}));
+  auto after = fetch(*w, "a");
+  ASSERT_EQ(after.size(), 1u);
+  EXPECT_GT(after[0].id, first[0].id);
+  w->stop(2s);
+}
+
+TEST_F(db_worker_test, should_keep_a_second_instance_standing_by_until_the_first_stops) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  recorder r1, r2;
+  auto w1 = start(db.url(), r1);
+  ASSERT_TRUE(r1.wait_events(1, 5s));
+  auto w2 = start(db.url(), r2);
+  EXPECT_FALSE(r2.wait_events(1, 500ms));
+  EXPECT_TRUE(fetch(*w2, "a").empty());  // a standby has nothing to give
+  book(db);
+  w1->stop(2s);
+  ASSERT_TRUE(r2.wait_events(1, 3s));
+  EXPECT_EQ(r2.events(), std::vector<std::string>{"active"});
+  EXPECT_EQ(fetch(*w2, "a").size(), 1u);
+  w2->stop(2s);
+}
+
+TEST_F(db_worker_test, should_let_a_standby_take_over_when_the_active_session_is_killed) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  recorder r1, r2;
+  auto slow = settings(db.url());
+  slow.reconnect_min = slow.reconnect_max = 3000ms;  // the killed one comes back late: the standby wins
+  auto w1 = start(slow, r1);
+  ASSERT_TRUE(r1.wait_events(1, 5s));
+  auto w2 = start(db.url(), r2);
+  EXPECT_FALSE(r2.wait_events(1, 300ms));
+  db.exec(
+      "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+      " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())");
+  ASSERT_TRUE(r2.wait_events(1, 2s));
+  ASSERT_TRUE(r1.wait_events(2, 1s));
+  EXPECT_EQ(r1.events(), (std::vector<std::string>{"active", "inactive"}));
+  w1->stop(1s);
+  w2->stop(1s);
+  EXPECT_EQ(r1.events().size(), 2u);  // it came back only as a standby
+}
+
+TEST_F(db_worker_test, should_write_queued_records_when_stopped) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  book(db);
+  book(db);
+  recorder r;
+  auto w = start(db.url(), r);
+  ASSERT_TRUE(r.wait_events(1, 5s));
+  auto rows = fetch(*w, "a");
+  ASSERT_EQ(rows.size(), 2u);
+  w->record(
+      {{rows[0].id, "a", delivery_state::retrying, 1, 1700000000000, 1700000000000, 1700000005000, "x", ""}},
+      {});
+  w->record(
+      {{rows[0].id, "a", delivery_state::delivered, 2, 1700000000000, 1700000001000, {}, "", ""},
+       {rows[1].id, "a", delivery_state::dead, 1, 1700000000000, 1700000000000, {}, "http 400", "http 400"}},
+      {{"a", rows[1].id}});
+  w->stop(3s);
+  EXPECT_EQ(db.query_value("SELECT string_agg(state, ',' ORDER BY event_id) FROM appointment_relay.delivery"),
+            "delivered,dead");
+  EXPECT_EQ(db.query_value("SELECT done_through FROM appointment_relay.endpoint_cursor"),
+            std::to_string(rows[1].id));
+}
+
+TEST_F(db_worker_test, should_come_back_after_a_server_restart) {
+  AR_REQUIRE_DATABASE();
+  const char* pgdir = std::getenv("APPOINTMENT_RELAY_TEST_PGDIR");
+  if (pgdir == nullptr || *pgdir == '\0') GTEST_SKIP() << "APPOINTMENT_RELAY_TEST_PGDIR is not set";
+  scratch_database db;
+  recorder r;
+  auto w = start(db.url(), r);
+  ASSERT_TRUE(r.wait_events(1, 5s));
+  std::string cmd =
+      std::string(APPOINTMENT_RELAY_SOURCE_DIR) + "/scripts/pg-cluster.sh restart '" + pgdir + "'";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  book(db);
+  ASSERT_TRUE(r.wait_events(3, 8s));
+  EXPECT_EQ(r.events(), (std::vector<std::string>{"active", "inactive", "active"}));
+  EXPECT_EQ(fetch(*w, "a").size(), 1u);
+  w->stop(2s);
+}
+
+}  // namespace
+}  // namespace appointment_relay

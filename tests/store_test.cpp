@@ -1,0 +1,457 @@
+#include "appointment_relay/store.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <set>
+#include <stdexcept>
+#include <thread>
+
+#include <pqxx/pqxx>
+
+#include "support/test_database.hpp"
+
+namespace appointment_relay {
+namespace {
+
+using testing::scratch_database;
+
+std::int64_t value(const scratch_database& db, const std::string& sql) {
+  return std::stoll(db.query_value(sql));
+}
+
+struct patient {
+  std::int64_t id;
+  std::string key;
+};
+
+patient add_patient(const scratch_database& db) {
+  auto id = value(db, "INSERT INTO api_patient (key) VALUES (md5(random()::text)) RETURNING id");
+  return {id, db.query_value("SELECT key FROM api_patient WHERE id = " + std::to_string(id))};
+}
+
+std::int64_t add_note(const scratch_database& db, std::int64_t patient_id) {
+  return value(db,
+               "INSERT INTO api_note (patient_id) VALUES (" + std::to_string(patient_id) + ") RETURNING id");
+}
+
+// Books (or, with from, reschedules) an appointment on a note; returns its id.
+std::string appointment_sql(std::int64_t patient_id, std::int64_t note_id,
+                            std::optional<std::int64_t> from = {},
+                            const std::string& start = "2021-12-24 21:30:00+00") {
+  return "INSERT INTO api_appointment (patient_id, note_id, appointment_rescheduled_from_id, start_time,"
+         " duration_minutes) VALUES (" +
+         std::to_string(patient_id) + ", " + std::to_string(note_id) + ", " +
+         (from ? std::to_string(*from) : std::string("NULL")) + ", '" + start + "', 30) RETURNING id";
+}
+
+std::int64_t book(const scratch_database& db, std::int64_t patient_id, std::int64_t note_id,
+                  std::optional<std::int64_t> from = {},
+                  const std::string& start = "2021-12-24 21:30:00+00") {
+  return value(db, appointment_sql(patient_id, note_id, from, start));
+}
+
+void note_state(const scratch_database& db, std::int64_t note_id, const std::string& state) {
+  db.exec("INSERT INTO api_notestatechangeevent (note_id, state) VALUES (" + std::to_string(note_id) + ", '" +
+          state + "')");
+}
+
+const captured_change& change_of(const pending_event& e) {
+  if (!std::holds_alternative<captured_change>(e.change))
+    throw std::runtime_error("undecodable row: " + std::get<std::string>(e.change));
+  return std::get<captured_change>(e.change);
+}
+
+std::vector<std::int64_t> ids_of(const std::vector<pending_event>& events) {
+  std::vector<std::int64_t> ids;
+  for (const auto& e : events) ids.push_back(e.id);
+  return ids;
+}
+
+std::string external_id(const scratch_database& db, std::int64_t appointment_id) {
+  return db.query_value("SELECT externally_exposable_id FROM api_appointment WHERE id = " +
+                        std::to_string(appointment_id));
+}
+
+TEST(store, should_capture_a_booking_with_the_rows_own_facts) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  auto a = book(db, p.id, note);
+  store s(db.url());
+  auto events = s.read_pending("a", 100);
+  ASSERT_EQ(events.size(), 1u);
+  const auto& c = change_of(events[0]);
+  EXPECT_EQ(c.table, source_table::appointment);
+  EXPECT_EQ(c.operation, change_operation::insert);
+  EXPECT_EQ(c.appointment_id, a);
+  EXPECT_EQ(c.appointment_external_id, external_id(db, a));
+  EXPECT_FALSE(c.rescheduled_from_id);
+  EXPECT_EQ(c.start_time, 1640381400);
+  EXPECT_EQ(c.duration_minutes, 30);
+  EXPECT_FALSE(c.entered_in_error);
+  EXPECT_EQ(c.patient_id, p.id);
+  EXPECT_EQ(c.patient_key, p.key);
+  EXPECT_EQ(events[0].attempts, 0);
+  EXPECT_FALSE(events[0].replayed);
+  auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  EXPECT_NEAR(static_cast<double>(events[0].captured_at_us), static_cast<double>(now_us), 60e6);
+}
+
+TEST(store, should_capture_a_reschedule_schedule_block_and_entered_in_error_row) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  auto a1 = book(db, p.id, note);
+  auto a2 = book(db, p.id, note, a1, "2021-12-25 10:00:00.750+00");
+  db.exec("INSERT INTO api_appointment (start_time, duration_minutes) VALUES ('2021-12-24 08:00+00', 60)");
+  db.exec(
+      "INSERT INTO api_appointment (patient_id, start_time, duration_minutes, entered_in_error_id)"
+      " VALUES (" +
+      std::to_string(p.id) + ", '2021-12-24 08:00+00', 60, 5)");
+  store s(db.url());
+  auto events = s.read_pending("a", 100);
+  ASSERT_EQ(events.size(), 4u);
+  const auto& r = change_of(events[1]);
+  EXPECT_EQ(r.appointment_id, a2);
+  EXPECT_EQ(r.rescheduled_from_id, a1);
+  EXPECT_EQ(r.start_time, 1640426400);  // fractions dropped
+  EXPECT_EQ(r.appointment_external_id, external_id(db, a2));
+  const auto& block = change_of(events[2]);
+  EXPECT_FALSE(block.patient_id);
+  EXPECT_FALSE(block.patient_key);
+  EXPECT_TRUE(change_of(events[3]).entered_in_error);
+}
+
+TEST(store, should_capture_state_events_with_the_current_appointment_of_the_chain) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  auto a1 = book(db, p.id, note);
+  auto a2 = book(db, p.id, note, a1);
+  auto a3 = book(db, p.id, note, a2);
+  store s(db.url());
+  ASSERT_EQ(s.read_pending("a", 100).size(), 3u);
+  for (const char* state : {"CLD", "NSW", "RVT", "CVD"}) {
+    note_state(db, note, state);
+    auto events = s.read_pending("a", 100);
+    ASSERT_EQ(events.size(), 1u) << state;
+    const auto& c = change_of(events[0]);
+    EXPECT_EQ(c.table, source_table::note_state_event);
+    EXPECT_EQ(c.state, state);
+    EXPECT_EQ(c.appointment_id, a3) << state;
+    EXPECT_EQ(c.appointment_external_id, external_id(db, a3));
+    EXPECT_EQ(c.rescheduled_from_id, a2);
+    EXPECT_EQ(c.patient_id, p.id);
+    EXPECT_EQ(c.patient_key, p.key);
+    EXPECT_FALSE(c.entered_in_error);
+  }
+}
+
+TEST(store, should_not_capture_other_note_states_or_appointment_updates) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  auto a = book(db, p.id, note);
+  store s(db.url());
+  ASSERT_EQ(s.read_pending("a", 100).size(), 1u);
+  for (const char* state : {"SCH", "BKD", "LKD", "NEW", "SGN"}) note_state(db, note, state);
+  db.exec(
+      "UPDATE api_appointment SET status = 'confirmed', start_time = start_time + interval '1 hour' WHERE id "
+      "= " +
+      std::to_string(a));
+  EXPECT_TRUE(s.read_pending("a", 100).empty());
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.outbox"), "1");
+}
+
+TEST(store, should_capture_a_state_event_on_a_note_without_appointment_with_empty_appointment) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  note_state(db, note, "CLD");
+  store s(db.url());
+  auto events = s.read_pending("a", 100);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_FALSE(change_of(events[0]).appointment_id);
+  EXPECT_FALSE(change_of(events[0]).patient_id);
+  EXPECT_EQ(change_of(events[0]).state, "CLD");
+}
+
+TEST(store, should_keep_the_appointment_current_at_commit_after_a_later_reschedule) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  auto a1 = book(db, p.id, note);
+  note_state(db, note, "CLD");
+  book(db, p.id, note, a1);
+  store s(db.url());
+  auto events = s.read_pending("a", 100);
+  ASSERT_EQ(events.size(), 3u);
+  EXPECT_EQ(change_of(events[1]).state, "CLD");
+  EXPECT_EQ(change_of(events[1]).appointment_id, a1);
+}
+
+TEST(store, should_read_changes_committed_before_start_in_order_and_page_by_limit) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  std::vector<std::int64_t> appointments;
+  for (int i = 0; i < 7; ++i) appointments.push_back(book(db, p.id, note));
+  store s(db.url());
+  auto first = s.read_pending("a", 4);
+  auto second = s.read_pending("a", 4);
+  auto third = s.read_pending("a", 4);
+  ASSERT_EQ(first.size(), 4u);
+  ASSERT_EQ(second.size(), 3u);
+  EXPECT_TRUE(third.empty());
+  std::vector<std::int64_t> read;
+  for (const auto* batch : {&first, &second})
+    for (const auto& e : *batch) read.push_back(*change_of(e).appointment_id);
+  EXPECT_EQ(read, appointments);
+  // Another endpoint has its own position.
+  EXPECT_EQ(s.read_pending("b", 100).size(), 7u);
+}
+
+TEST(store, should_read_a_late_committed_lower_id_exactly_once) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  store s(db.url());
+  pqxx::connection conn_a(db.url());
+  pqxx::work tx_a(conn_a);
+  auto a = tx_a.exec(appointment_sql(p.id, note))[0][0].as<std::int64_t>();  // allocates the lower outbox id
+  auto b = book(db, p.id, note);
+  auto first = s.read_pending("a", 100);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(change_of(first[0]).appointment_id, b);
+  EXPECT_TRUE(s.read_pending("a", 100).empty());  // A still open
+  tx_a.commit();
+  auto second = s.read_pending("a", 100);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(change_of(second[0]).appointment_id, a);
+  EXPECT_LT(second[0].id, first[0].id);
+  auto c = book(db, p.id, note);
+  auto third = s.read_pending("a", 100);
+  ASSERT_EQ(third.size(), 1u);
+  EXPECT_EQ(change_of(third[0]).appointment_id, c);
+  EXPECT_TRUE(s.read_pending("a", 100).empty());
+}
+
+TEST(store, should_not_read_delivered_or_dead_again_and_resume_from_the_persisted_watermark) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  for (int i = 0; i < 5; ++i) book(db, p.id, note);
+  store s(db.url());
+  auto ids = ids_of(s.read_pending("a", 100));
+  ASSERT_EQ(ids.size(), 5u);
+  std::vector<delivery_update> updates(3);
+  updates[0] = {ids[0], "a", delivery_state::delivered, 1, 1700000000000, 1700000000000, {}, "", ""};
+  updates[1] = {ids[1], "a",        delivery_state::dead, 3, 1700000000000, 1700000005000,
+                {},     "http 410", "gone \"x\"\\"};
+  updates[2] = {ids[3],     "a", delivery_state::retrying, 2, 1700000000000, 1700000001000, 1700000009000,
+                "http 503", ""};
+  s.record(updates, {{"a", ids[2]}});
+  s.record({}, {{"a", ids[0]}});  // a watermark never moves back
+  EXPECT_EQ(value(db, "SELECT done_through FROM appointment_relay.endpoint_cursor WHERE endpoint = 'a'"),
+            ids[2]);
+  EXPECT_EQ(db.query_value("SELECT dead_reason FROM appointment_relay.delivery WHERE event_id = " +
+                           std::to_string(ids[1])),
+            "gone \"x\"\\");
+  EXPECT_TRUE(s.read_pending("a", 100).empty());
+
+  s.reset_read_positions();
+  auto again = s.read_pending("a", 100);
+  ASSERT_EQ(ids_of(again), (std::vector<std::int64_t>{ids[3], ids[4]}));
+  EXPECT_EQ(again[0].attempts, 2);
+  EXPECT_EQ(again[0].first_attempt_ms, 1700000000000);
+  EXPECT_EQ(again[0].next_attempt_ms, 1700000009000);
+  EXPECT_EQ(again[1].attempts, 0);
+  EXPECT_FALSE(again[1].next_attempt_ms);
+
+  store fresh(db.url());  // a new process resumes at the watermark too
+  EXPECT_EQ(ids_of(fresh.read_pending("a", 100)), (std::vector<std::int64_t>{ids[3], ids[4]}));
+}
+
+TEST(store, should_record_thousands_of_updates_in_one_call_with_duplicates) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  db.exec(
+      "INSERT INTO appointment_relay.outbox (source_table, operation, row_id)"
+      " SELECT 'api_appointment', 'INSERT', g FROM generate_series(1, 5000) g");
+  std::vector<delivery_update> updates;
+  for (std::int64_t id = 1; id <= 5000; ++id)
+    updates.push_back(
+        {id, "a", delivery_state::retrying, 1, 1700000000000, 1700000000000, 1700000001000, "e", ""});
+  for (std::int64_t id = 1; id <= 5000; ++id)
+    updates.push_back({id, "a", delivery_state::delivered, 2, 1700000000000, 1700000002000, {}, "", ""});
+  updates.push_back({999999, "a", delivery_state::delivered, 1, 1, 1, {}, "", ""});  // purged meanwhile
+  store s(db.url());
+  auto start = std::chrono::steady_clock::now();
+  s.record(updates, {{"a", 5000}, {"b", 10}});
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE state = 'delivered'"),
+            "5000");
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.endpoint_cursor"), "2");
+}
+
+TEST(store, should_report_status_replay_dead_letters_and_return_them_as_replayed) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  for (int i = 0; i < 3; ++i) book(db, p.id, note);
+  store s(db.url());
+  auto ids = ids_of(s.read_pending("a", 100));
+  ASSERT_EQ(ids.size(), 3u);
+  s.record({{ids[0], "a", delivery_state::dead, 5, 1, 2, {}, "http 410", "http 410"},
+            {ids[1], "a", delivery_state::dead, 5, 1, 2, {}, "http 410", "http 410"},
+            {ids[2], "a", delivery_state::delivered, 1, 1, 2, {}, "", ""}},
+           {{"a", ids[2]}});
+  auto st = s.status({"a", "b"});
+  ASSERT_EQ(st.size(), 2u);
+  EXPECT_EQ(st[0].backlog, 0);
+  EXPECT_EQ(st[0].dead_by_reason, (std::map<std::string, std::int64_t>{{"http 410", 2}}));
+  EXPECT_EQ(st[1].backlog, 3);
+  ASSERT_TRUE(st[1].oldest_pending_age_seconds);
+  EXPECT_GE(*st[1].oldest_pending_age_seconds, 0.0);
+
+  replay_filter only_first;
+  only_first.event_id = ids[0];
+  only_first.endpoint = "a";
+  EXPECT_EQ(s.replay(only_first), 1);
+  EXPECT_EQ(s.replay(only_first), 0);
+  auto back = s.read_pending("a", 100);
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].id, ids[0]);
+  EXPECT_TRUE(back[0].replayed);
+  EXPECT_EQ(back[0].attempts, 0);
+  EXPECT_EQ(db.query_value("SELECT state FROM appointment_relay.delivery WHERE event_id = " +
+                           std::to_string(ids[0])),
+            "replay");  // until an outcome is recorded
+  EXPECT_TRUE(s.read_pending("a", 100).empty());
+  s.record({{ids[0], "a", delivery_state::delivered, 1, 1, 2, {}, "", ""}}, {});
+
+  replay_filter window;
+  window.since = 946684800;  // 2000-01-01
+  window.until = 946771200;
+  EXPECT_EQ(s.replay(window), 0);
+  EXPECT_EQ(s.replay(replay_filter{}), 1);
+  EXPECT_EQ(ids_of(s.read_pending("a", 100)), std::vector<std::int64_t>{ids[1]});
+}
+
+TEST(store, should_purge_only_old_rows_every_endpoint_is_done_with) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  for (int i = 0; i < 5; ++i) book(db, p.id, note);
+  store s(db.url());
+  auto ids = ids_of(s.read_pending("a", 100));
+  ASSERT_EQ(ids.size(), 5u);
+  db.exec("UPDATE appointment_relay.outbox SET captured_at = now() - interval '10 days' WHERE id <> " +
+          std::to_string(ids[2]));
+  s.record({{ids[0], "a", delivery_state::delivered, 1, 1, 1, {}, "", ""},
+            {ids[1], "a", delivery_state::dead, 1, 1, 1, {}, "x", "x"},
+            {ids[2], "a", delivery_state::delivered, 1, 1, 1, {}, "", ""}},
+           {{"a", ids[3]}});
+  const auto week = std::chrono::hours(24 * 7);
+  EXPECT_EQ(s.purge(week, {"a", "b"}, 100), 0);  // b has done nothing
+  EXPECT_EQ(s.purge(week, {"a"}, 1), 1);         // batch bound
+  EXPECT_EQ(s.purge(week, {"a"}, 100), 1);
+  EXPECT_EQ(s.purge(week, {"a"}, 100), 0);
+  std::set<std::int64_t> left;
+  for (auto id : ids)
+    if (db.query_value("SELECT count(*) FROM appointment_relay.outbox WHERE id = " + std::to_string(id)) ==
+        "1")
+      left.insert(id);
+  // ids[0], ids[3]: old and done; ids[1] dead; ids[2] young; ids[4] past the watermark.
+  EXPECT_EQ(left, (std::set<std::int64_t>{ids[1], ids[2], ids[4]}));
+}
+
+TEST(store, should_refuse_an_unmigrated_database_with_a_clear_message) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db(false);
+  try {
+    store s(db.url());
+    FAIL() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "the database is not migrated: run appointment-relay migrate");
+  }
+}
+
+TEST(store, should_migrate_once_even_twice_or_concurrently) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db(false);
+  std::vector<int> r1, r2;
+  std::thread t1([&] { r1 = migrate(db.url(), default_migrations_dir()); });
+  std::thread t2([&] { r2 = migrate(db.url(), default_migrations_dir()); });
+  t1.join();
+  t2.join();
+  EXPECT_TRUE((r1 == std::vector<int>{1} && r2.empty()) || (r2 == std::vector<int>{1} && r1.empty()));
+  EXPECT_TRUE(migrate(db.url(), default_migrations_dir()).empty());
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.schema_migrations"), "1");
+  EXPECT_EQ(db.query_value("SELECT length(id) FROM appointment_relay.installation"), "12");
+  store s(db.url());
+  EXPECT_EQ(s.installation_id().size(), 12u);
+}
+
+TEST(store, should_connect_with_its_application_name_and_keepalives) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  store s(db.url());
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                           " AND application_name = 'appointment-relay'"),
+            "1");
+}
+
+TEST(store, should_hold_leadership_until_its_session_ends) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  store first(db.url());
+  store second(db.url());
+  EXPECT_TRUE(first.try_lock_leadership());
+  EXPECT_FALSE(second.try_lock_leadership());
+  db.exec(
+      "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+      " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())");
+  bool taken = false;
+  for (int i = 0; i < 50 && !taken; ++i) {
+    taken = second.try_lock_leadership();
+    if (!taken) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(taken);
+  EXPECT_THROW(first.try_lock_leadership(), pqxx::broken_connection);
+}
+
+TEST(store, should_count_notifications_of_committed_changes) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  store s(db.url());
+  s.listen();
+  EXPECT_GE(s.socket(), 0);
+  EXPECT_EQ(s.take_notifications(), 0u);
+  auto p = add_patient(db);
+  book(db, p.id, add_note(db, p.id));
+  std::size_t n = 0;
+  for (int i = 0; i < 100 && n == 0; ++i) {
+    n = s.take_notifications();
+    if (n == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(n, 1u);
+}
+
+}  // namespace
+}  // namespace appointment_relay
