@@ -5,8 +5,8 @@
 #include <atomic>
 #include <charconv>
 #include <optional>
-#include <string_view>
 #include <stdexcept>
+#include <string_view>
 #include <unordered_set>
 #include <utility>
 #include <vector>

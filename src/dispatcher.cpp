@@ -75,11 +75,11 @@ class lane : public std::enable_shared_from_this<lane> {
   const std::string& name() const { return cfg_.name; }
 
   void configure(endpoint_config cfg, const dispatcher_settings& s) {
-    bool new_client = !client_ || cfg.target.to_string() != cfg_.target.to_string() ||
-                      cfg.max_in_flight != cfg_.max_in_flight || cfg.timeout != cfg_.timeout ||
-                      cfg.tls.ca_file != cfg_.tls.ca_file || cfg.tls.client_cert_file != cfg_.tls.client_cert_file ||
-                      cfg.tls.client_key_file != cfg_.tls.client_key_file ||
-                      cfg.tls.verify_peer != cfg_.tls.verify_peer;
+    bool new_client =
+        !client_ || cfg.target.to_string() != cfg_.target.to_string() ||
+        cfg.max_in_flight != cfg_.max_in_flight || cfg.timeout != cfg_.timeout ||
+        cfg.tls.ca_file != cfg_.tls.ca_file || cfg.tls.client_cert_file != cfg_.tls.client_cert_file ||
+        cfg.tls.client_key_file != cfg_.tls.client_key_file || cfg.tls.verify_peer != cfg_.tls.verify_peer;
     std::vector<signing_key> keys;
     for (const auto& secret : cfg.secrets) {
       auto key = signing_key::parse(secret);
@@ -269,7 +269,8 @@ class lane : public std::enable_shared_from_this<lane> {
   }
 
   void pump() {
-    while (active_ && !draining_ && !ready_.empty() && in_flight_ < static_cast<std::size_t>(cfg_.max_in_flight)) {
+    while (active_ && !draining_ && !ready_.empty() &&
+           in_flight_ < static_cast<std::size_t>(cfg_.max_in_flight)) {
       auto it = std::move(ready_.front());
       ready_.pop_front();
       send(it);
@@ -286,8 +287,10 @@ class lane : public std::enable_shared_from_this<lane> {
     headers.emplace_back("webhook-id", it->webhook_id);
     headers.emplace_back("webhook-timestamp", std::to_string(timestamp));
     if (!keys_.empty())
-      headers.emplace_back("webhook-signature", signature_header(keys_, it->webhook_id, timestamp, it->payload));
-    spdlog::debug("POST event={} endpoint={} attempt={} body={}", it->id, cfg_.name, it->attempts, it->payload);
+      headers.emplace_back("webhook-signature",
+                           signature_header(keys_, it->webhook_id, timestamp, it->payload));
+    spdlog::debug("POST event={} endpoint={} attempt={} body={}", it->id, cfg_.name, it->attempts,
+                  it->payload);
     metrics_.attempt(cfg_.name, to_string(it->kind));
     ++in_flight_;
     client_->post(it->payload, std::move(headers),
@@ -316,8 +319,9 @@ class lane : public std::enable_shared_from_this<lane> {
     u.last_attempt_ms = now_ms;
     switch (d.what) {
       case verdict::delivered:
-        spdlog::info("delivered event={} kind={} appointment={} endpoint={} attempt={} status={} latency_ms={:.1f}",
-                     it->id, kind, it->key, cfg_.name, it->attempts, outcome, latency_ms);
+        spdlog::info(
+            "delivered event={} kind={} appointment={} endpoint={} attempt={} status={} latency_ms={:.1f}",
+            it->id, kind, it->key, cfg_.name, it->attempts, outcome, latency_ms);
         metrics_.delivered(cfg_.name, kind, static_cast<double>(unix_us_now() - it->captured_at_us) / 1e6);
         u.state = delivery_state::delivered;
         break;
@@ -401,7 +405,7 @@ class lane : public std::enable_shared_from_this<lane> {
   std::shared_ptr<http_client> client_;
   std::string installation_;
 
-  std::map<std::int64_t, item_ptr> window_;  // by event id: read, not yet done
+  std::map<std::int64_t, item_ptr> window_;                       // by event id: read, not yet done
   std::unordered_map<std::string, std::deque<item_ptr>> queues_;  // by appointment: head is the one due
   std::deque<item_ptr> ready_;
   std::vector<delivery_update> updates_;

@@ -2,8 +2,8 @@
 #include <cstdio>
 #include <iostream>
 
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
+#include <nlohmann/json.hpp>
 
 #include "appointment_relay/cli.hpp"
 #include "appointment_relay/config.hpp"
@@ -42,7 +42,8 @@ int print_status(const ar::config& cfg, bool json) {
   for (const auto& s : report) {
     std::int64_t dead = 0;
     for (const auto& [reason, n] : s.dead_by_reason) dead += n;
-    std::printf("endpoint %s\n  backlog: %lld pending\n", s.endpoint.c_str(), static_cast<long long>(s.backlog));
+    std::printf("endpoint %s\n  backlog: %lld pending\n", s.endpoint.c_str(),
+                static_cast<long long>(s.backlog));
     if (s.oldest_pending_age_seconds)
       std::printf("  oldest pending: %.1f s old\n", *s.oldest_pending_age_seconds);
     std::printf("  dead letters: %lld\n", static_cast<long long>(dead));

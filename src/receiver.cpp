@@ -109,7 +109,8 @@ class session : public std::enable_shared_from_this<session> {
 
 class receiver_impl final : public receiver {
  public:
-  receiver_impl(executor ex, std::shared_ptr<const shared_state> state) : acceptor_(ex), state_(std::move(state)) {
+  receiver_impl(executor ex, std::shared_ptr<const shared_state> state)
+      : acceptor_(ex), state_(std::move(state)) {
     auto endpoint = parse_listen_address(state_->options.listen);
     error_code ec;
     acceptor_.open(endpoint.protocol(), ec);

@@ -14,7 +14,8 @@ namespace ar = appointment_relay;
 
 namespace {
 
-const char* const usage = R"(appointment-relay-receiver: takes appointment-relay's webhooks, checks their signatures, prints them.
+const char* const usage =
+    R"(appointment-relay-receiver: takes appointment-relay's webhooks, checks their signatures, prints them.
 
 usage: appointment-relay-receiver [--listen HOST:PORT] [--secret whsec_...]... [--quiet] [--record FILE]
                                   [--exit-after N]
@@ -78,7 +79,9 @@ int main(int argc, char** argv) {
     server = ar::make_receiver(io.get_executor(), options, [&](ar::received_webhook w) {
       ++count;
       if (!quiet) {
-        const char* sig = !w.signature_valid ? "unsigned" : *w.signature_valid ? "signature ok" : "SIGNATURE INVALID";
+        const char* sig = !w.signature_valid   ? "unsigned"
+                          : *w.signature_valid ? "signature ok"
+                                               : "SIGNATURE INVALID";
         std::printf("received %s (%s) %s\n", w.webhook_id.c_str(), sig, w.body.c_str());
         std::fflush(stdout);
       }
@@ -97,7 +100,8 @@ int main(int argc, char** argv) {
   io.run();
   if (!record.empty()) {
     std::ofstream out(record);
-    for (const auto& w : received) out << w.received_unix_ns << '\t' << w.webhook_id << '\t' << w.body << '\n';
+    for (const auto& w : received)
+      out << w.received_unix_ns << '\t' << w.webhook_id << '\t' << w.body << '\n';
   }
   return 0;
 }

@@ -1,8 +1,8 @@
 #include "appointment_relay/relay.hpp"
 
+#include <unistd.h>
 #include <csignal>
 #include <cstdlib>
-#include <unistd.h>
 
 #include <spdlog/spdlog.h>
 
@@ -40,7 +40,8 @@ int run_relay(config cfg, std::function<config()> reload) {
   spdlog::info("appointment-relay {} starting (pid {}), effective configuration:\n{}", version, ::getpid(),
                render_config(cfg));
   if (cfg.endpoints.empty()) {
-    spdlog::critical("no endpoint is configured: set APPOINTMENT_RELAY_ENDPOINT_URL or an [endpoints.NAME] table");
+    spdlog::critical(
+        "no endpoint is configured: set APPOINTMENT_RELAY_ENDPOINT_URL or an [endpoints.NAME] table");
     return 78;
   }
 
@@ -49,8 +50,10 @@ int run_relay(config cfg, std::function<config()> reload) {
   std::unique_ptr<dispatcher> disp;
   bool announced_ready = false;
   auto announce = [&](std::string_view status) {
-    if (!announced_ready) notify_ready(status);
-    else notify_status(status);
+    if (!announced_ready)
+      notify_ready(status);
+    else
+      notify_status(status);
     announced_ready = true;
   };
 
@@ -61,7 +64,8 @@ int run_relay(config cfg, std::function<config()> reload) {
   ws.retention = cfg.database.retention;
   db_worker_callbacks callbacks;
   callbacks.on_active = [&](std::string installation_id) {
-    spdlog::info("database connected and listening; this instance is active (installation {})", installation_id);
+    spdlog::info("database connected and listening; this instance is active (installation {})",
+                 installation_id);
     disp->activate(std::move(installation_id));
     announce("active: delivering");
   };
@@ -127,8 +131,9 @@ int run_relay(config cfg, std::function<config()> reload) {
       } else if (!stopping) {
         stopping = true;
         notify_stopping();
-        spdlog::info("{} received: draining {} requests in flight (at most {} ms); a second signal exits at once",
-                     sig == SIGINT ? "SIGINT" : "SIGTERM", disp->in_flight(), cfg.relay.shutdown_timeout.count());
+        spdlog::info(
+            "{} received: draining {} requests in flight (at most {} ms); a second signal exits at once",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", disp->in_flight(), cfg.relay.shutdown_timeout.count());
         disp->drain(cfg.relay.shutdown_timeout, [&] {
           worker->stop(std::chrono::seconds(5));
           if (admin) admin->stop();

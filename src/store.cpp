@@ -351,7 +351,8 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
     auto r = tx.exec_params(
         std::string("SELECT ") + event_columns +
             " FROM appointment_relay.delivery d JOIN appointment_relay.outbox o ON o.id = d.event_id"
-            " WHERE d.endpoint = $1 AND (d.state = 'replay' OR ($2 AND d.state = 'retrying' AND d.event_id <= $3))"
+            " WHERE d.endpoint = $1 AND (d.state = 'replay' OR ($2 AND d.state = 'retrying' AND d.event_id "
+            "<= $3))"
             " AND NOT (d.event_id = ANY ($4::bigint[]))"
             " ORDER BY o.id LIMIT $5",
         endpoint, pos.side_first, pos.floor, side_seen.str(), lim);
@@ -519,8 +520,8 @@ std::int64_t store::replay(const replay_filter& filter) {
       " AND ($4::bigint IS NULL OR o.captured_at < to_timestamp($4::bigint))"
       " RETURNING 1)"
       " SELECT count(*) FROM flipped",
-      c(filter.endpoint), filter.event_id ? event_id.c_str() : nullptr, filter.since ? since.c_str() : nullptr,
-      filter.until ? until.c_str() : nullptr);
+      c(filter.endpoint), filter.event_id ? event_id.c_str() : nullptr,
+      filter.since ? since.c_str() : nullptr, filter.until ? until.c_str() : nullptr);
   auto n = r[0][0].as<std::int64_t>();
   if (n > 0) tx.exec(std::string("SELECT pg_notify('") + notify_channel + "', 'replay')");
   tx.commit();

@@ -27,7 +27,7 @@ class config_error : public std::runtime_error {
 struct endpoint_config {
   std::string name;  // [endpoints.<name>]; "default" for APPOINTMENT_RELAY_ENDPOINT_URL. [a-z0-9_-]+
   url target;
-  std::vector<std::string> secrets;  // "whsec_..." in signing order; several during a key rotation
+  std::vector<std::string> secrets;      // "whsec_..." in signing order; several during a key rotation
   std::vector<notification_kind> kinds;  // the kinds it wants; all six by default
   tls_settings tls;
   int max_in_flight = 16;

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "appointment_relay/net.hpp"
 #include "appointment_relay/event_source.hpp"
+#include "appointment_relay/net.hpp"
 #include "appointment_relay/store.hpp"
 
 namespace appointment_relay {
@@ -44,12 +44,13 @@ class db_worker : public event_source {
   void fetch(std::string endpoint, std::size_t limit,
              std::function<void(std::vector<pending_event>)> done) override = 0;
   // Queues outcomes to write (batched with others); kept across reconnects until written.
-  void record(std::vector<delivery_update> updates, std::map<std::string, std::int64_t> done_through) override = 0;
+  void record(std::vector<delivery_update> updates,
+              std::map<std::string, std::int64_t> done_through) override = 0;
   // Writes what is queued, then ends the thread. Idempotent; blocks for at most the given time.
   virtual void stop(std::chrono::milliseconds flush_deadline) = 0;
 };
 
-std::unique_ptr<db_worker> start_db_worker(executor io, db_worker_settings settings, db_worker_callbacks callbacks,
-                                           metrics& m);
+std::unique_ptr<db_worker> start_db_worker(executor io, db_worker_settings settings,
+                                           db_worker_callbacks callbacks, metrics& m);
 
 }  // namespace appointment_relay

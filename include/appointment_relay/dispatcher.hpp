@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "appointment_relay/config.hpp"
-#include "appointment_relay/net.hpp"
 #include "appointment_relay/event_source.hpp"
+#include "appointment_relay/net.hpp"
 
 namespace appointment_relay {
 

@@ -21,7 +21,8 @@ class event_source {
                      std::function<void(std::vector<pending_event>)> done) = 0;
   // Outcomes to write, batched with others, kept across reconnects until written; done_through: endpoint ->
   // every event up to that id is done there.
-  virtual void record(std::vector<delivery_update> updates, std::map<std::string, std::int64_t> done_through) = 0;
+  virtual void record(std::vector<delivery_update> updates,
+                      std::map<std::string, std::int64_t> done_through) = 0;
 };
 
 }  // namespace appointment_relay

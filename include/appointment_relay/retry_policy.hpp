@@ -18,8 +18,8 @@ struct retry_settings {
 
 // The result of one attempt, as the HTTP client saw it.
 struct attempt_result {
-  int status = 0;                   // HTTP status; 0 when no response was read
-  std::string error;                // transport error text when status == 0 (refused, timeout, reset, ...)
+  int status = 0;     // HTTP status; 0 when no response was read
+  std::string error;  // transport error text when status == 0 (refused, timeout, reset, ...)
   std::optional<std::string> retry_after;  // the Retry-After header, verbatim
 };
 

@@ -24,8 +24,8 @@ class signing_key {
 std::string sign(const signing_key& key, std::string_view id, std::int64_t timestamp, std::string_view body);
 
 // The webhook-signature header for several keys (rotation): one signature each, separated by spaces.
-std::string signature_header(const std::vector<signing_key>& keys, std::string_view id, std::int64_t timestamp,
-                             std::string_view body);
+std::string signature_header(const std::vector<signing_key>& keys, std::string_view id,
+                             std::int64_t timestamp, std::string_view body);
 
 // True when one of the space-separated v1 signatures in header matches key (constant-time comparison).
 bool verify_signature(const signing_key& key, std::string_view header, std::string_view id,

@@ -18,12 +18,12 @@ namespace appointment_relay {
 // One outbox event as one endpoint sees it: the captured change and that endpoint's delivery state.
 struct pending_event {
   std::int64_t id = 0;
-  std::int64_t captured_at_us = 0;  // unix microseconds (clock of the capturing transaction)
-  decoded_row change;               // the classifier's input, or why the row is unreadable
-  int attempts = 0;                 // attempts already made for this endpoint
+  std::int64_t captured_at_us = 0;               // unix microseconds (clock of the capturing transaction)
+  decoded_row change;                            // the classifier's input, or why the row is unreadable
+  int attempts = 0;                              // attempts already made for this endpoint
   std::optional<std::int64_t> first_attempt_ms;  // unix milliseconds
   std::optional<std::int64_t> next_attempt_ms;   // unix milliseconds: not before
-  bool replayed = false;                          // came back from the dead letters by `replay`
+  bool replayed = false;                         // came back from the dead letters by `replay`
 };
 
 enum class delivery_state { retrying, delivered, dead };
@@ -90,7 +90,8 @@ class store {
   std::vector<pending_event> read_pending(const std::string& endpoint, std::size_t limit);
 
   // Records outcomes and watermarks (endpoint -> every event up to it is done there), in one transaction.
-  void record(const std::vector<delivery_update>& updates, const std::map<std::string, std::int64_t>& done_through);
+  void record(const std::vector<delivery_update>& updates,
+              const std::map<std::string, std::int64_t>& done_through);
 
   std::vector<endpoint_status> status(const std::vector<std::string>& endpoints);
   std::int64_t replay(const replay_filter& filter);  // dead letters back to pending; returns how many

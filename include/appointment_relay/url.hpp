@@ -9,9 +9,9 @@ namespace appointment_relay {
 // An endpoint URL: http or https, a host (name, IPv4 or [IPv6]), an optional port, a target.
 struct url {
   bool tls = false;
-  std::string host;    // without brackets for IPv6
-  std::uint16_t port = 0;  // the scheme's default when not given
-  std::string target;  // path and query, "/" when empty
+  std::string host;                 // without brackets for IPv6
+  std::uint16_t port = 0;           // the scheme's default when not given
+  std::string target;               // path and query, "/" when empty
   std::string host_header() const;  // host[:port] as the Host header wants it (brackets for IPv6)
   std::string to_string() const;    // the normalised URL, for logs
 };

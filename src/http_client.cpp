@@ -1,0 +1,404 @@
+#include "appointment_relay/http_client.hpp"
+
+#include <deque>
+#include <stdexcept>
+#include <type_traits>
+
+#include <openssl/ssl.h>
+
+namespace appointment_relay {
+namespace {
+
+using clock = std::chrono::steady_clock;
+using plain_stream = beast::tcp_stream;
+using tls_stream = beast::ssl_stream<beast::tcp_stream>;
+
+// Resolved addresses are kept this long: no resolver round trip per connection.
+constexpr auto resolve_cache_ttl = std::chrono::seconds(60);
+// A graceful TLS close_notify exchange on close() may take at most this long.
+constexpr auto tls_shutdown_timeout = std::chrono::seconds(1);
+
+struct pending {
+  std::string body;
+  header_list headers;
+  std::function<void(http_response_info)> done;
+};
+
+bool is_ip_literal(const std::string& host) {
+  error_code ec;
+  net::ip::make_address(host, ec);
+  return !ec;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return beast::iequals(beast::string_view(a.data(), a.size()), beast::string_view(b.data(), b.size()));
+}
+
+// Transport errors in the short words the retry policy and the logs use.
+std::string describe(const error_code& ec) {
+  if (ec == beast::error::timeout) return "timeout";
+  if (ec == net::error::connection_refused) return "connection refused";
+  if (ec == net::error::connection_reset || ec == net::error::broken_pipe) return "connection reset";
+  if (ec == http::error::end_of_stream || ec == net::error::eof) return "end of stream";
+  // The peer closed the TCP connection without a TLS close_notify: for us the same as end of stream.
+  if (ec == ssl::error::stream_truncated) return "end of stream";
+  if (ec == http::error::body_limit) return "body too large";
+  if (ec.category() == http::make_error_code(http::error::bad_status).category())
+    return "http parse: " + ec.message();
+  if (ec.category() == net::error::get_ssl_category()) return "tls: " + ec.message();
+  return ec.message();
+}
+
+// Errors that, on a reused keep-alive connection with no response byte read yet, mean the server had
+// already closed it while it was idle: the request was not processed and goes again on a fresh connection.
+bool stale_connection(const error_code& ec) {
+  return ec == http::error::end_of_stream || ec == net::error::eof || ec == net::error::connection_reset ||
+         ec == net::error::broken_pipe || ec == ssl::error::stream_truncated;
+}
+
+template <class Stream>
+struct connection {
+  std::optional<Stream> stream;
+  bool open = false;  // connected (and TLS handshake done): may be reused
+  bool busy = false;  // a coroutine owns it
+  beast::flat_buffer buffer;
+  http::request<http::string_body> request;
+  std::vector<std::string> extra_names;  // the previous request's extra headers, erased before the next
+  bool fixed_headers_clobbered = false;
+};
+
+template <class Stream>
+class client final : public http_client, public std::enable_shared_from_this<client<Stream>> {
+  static constexpr bool tls = std::is_same_v<Stream, tls_stream>;
+
+ public:
+  client(executor ex, url endpoint, http_client_options options, std::shared_ptr<ssl::context> ctx)
+      : ex_(std::move(ex)),
+        endpoint_(std::move(endpoint)),
+        options_(std::move(options)),
+        ctx_(std::move(ctx)),
+        resolver_(ex_),
+        port_text_(std::to_string(endpoint_.port)),
+        host_header_(endpoint_.host_header()),
+        host_is_ip_(is_ip_literal(endpoint_.host)) {
+    if (options_.max_connections < 1) options_.max_connections = 1;
+    if (host_is_ip_) {
+      endpoints_.emplace_back(net::ip::make_address(endpoint_.host), endpoint_.port);
+      endpoints_expiry_ = clock::time_point::max();
+    }
+  }
+
+  void post(std::string body, header_list headers, std::function<void(http_response_info)> done) override {
+    if (closed_) {
+      fail_later(std::move(done), "shutting down");
+      return;
+    }
+    queue_.push_back(pending{std::move(body), std::move(headers), std::move(done)});
+    pump();
+  }
+
+  std::size_t outstanding() const noexcept override { return queue_.size() + in_flight_; }
+
+  void close() override {
+    if (closed_) return;
+    closed_ = true;
+    std::deque<pending> queued;
+    queued.swap(queue_);
+    for (pending& p : queued) fail_later(std::move(p.done), "shutting down");
+    for (auto& c : connections_) {
+      if (c->busy || !c->open) continue;  // in-flight requests finish; their coroutine closes afterwards
+      if constexpr (tls) {
+        c->busy = true;
+        net::co_spawn(ex_, shutdown_tls(this->shared_from_this(), c.get()), net::detached);
+      } else {
+        drop(*c);
+      }
+    }
+  }
+
+ private:
+  void fail_later(std::function<void(http_response_info)> done, const char* why) {
+    // Posted, not called here: the caller may be inside post() or close() and not expect re-entry.
+    net::post(ex_, [done = std::move(done), why]() mutable {
+      http_response_info info;
+      info.error = why;
+      done(std::move(info));
+    });
+  }
+
+  // Hands queued requests to idle connections (reusing open ones first) or new ones up to the cap.
+  void pump() {
+    while (!queue_.empty() && !closed_) {
+      connection<Stream>* chosen = nullptr;
+      for (auto& c : connections_) {
+        if (c->busy) continue;
+        if (c->open) {
+          chosen = c.get();
+          break;
+        }
+        if (!chosen) chosen = c.get();
+      }
+      if (!chosen) {
+        if (connections_.size() >= static_cast<std::size_t>(options_.max_connections)) return;
+        connections_.push_back(std::make_unique<connection<Stream>>());
+        chosen = connections_.back().get();
+        init_request(*chosen);
+      }
+      chosen->busy = true;
+      pending first = std::move(queue_.front());
+      queue_.pop_front();
+      ++in_flight_;
+      net::co_spawn(ex_, run(this->shared_from_this(), chosen, std::move(first)), net::detached);
+    }
+  }
+
+  void init_request(connection<Stream>& c) {
+    c.request.method(http::verb::post);
+    c.request.target(endpoint_.target);
+    c.request.version(11);
+    c.request.set(http::field::host, host_header_);
+    if (!options_.user_agent.empty()) c.request.set(http::field::user_agent, options_.user_agent);
+    c.request.set(http::field::content_type, "application/json");
+    c.fixed_headers_clobbered = false;
+  }
+
+  // One connection works through the queue, one request at a time, until the queue is empty.
+  net::awaitable<void> run(std::shared_ptr<client> self, connection<Stream>* c, pending p) {
+    (void)self;  // keeps the client alive while the connection works
+    for (;;) {
+      const clock::time_point taken = clock::now();
+      http_response_info info = co_await exchange(*c, p, taken + options_.request_timeout);
+      info.latency = std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - taken);
+      --in_flight_;
+      try {
+        p.done(std::move(info));
+      } catch (...) {
+        // A callback must not throw; if one does, the other requests still complete.
+      }
+      if (closed_ || queue_.empty()) break;
+      p = std::move(queue_.front());
+      queue_.pop_front();
+      ++in_flight_;
+    }
+    c->busy = false;
+    if (closed_ && c->open) {
+      if constexpr (tls) {
+        c->busy = true;
+        co_await shutdown_tls(std::move(self), c);
+      } else {
+        drop(*c);
+      }
+    }
+  }
+
+  void set_request(connection<Stream>& c, pending& p) {
+    for (const std::string& name : c.extra_names) c.request.erase(name);
+    if (c.fixed_headers_clobbered) init_request(c);
+    c.extra_names.clear();
+    for (auto& [name, value] : p.headers) {
+      if (iequals(name, "host") || iequals(name, "user-agent") || iequals(name, "content-type"))
+        c.fixed_headers_clobbered = true;
+      c.request.set(name, value);
+      c.extra_names.push_back(name);
+    }
+    c.request.body() = std::move(p.body);
+    c.request.prepare_payload();
+  }
+
+  net::awaitable<http_response_info> exchange(connection<Stream>& c, pending& p, clock::time_point deadline) {
+    http_response_info info;
+    set_request(c, p);
+    error_code ec;
+    for (int attempt = 0;; ++attempt) {
+      const bool reused = c.open;
+      if (!c.open) {
+        std::string error = co_await open_connection(c, deadline);
+        if (!error.empty()) {
+          info.error = std::move(error);
+          co_return info;
+        }
+      }
+      auto& lowest = beast::get_lowest_layer(*c.stream);
+      lowest.expires_at(deadline);
+      co_await http::async_write(*c.stream, c.request, net::redirect_error(net::use_awaitable, ec));
+      if (ec) {
+        drop(c);
+        if (reused && attempt == 0 && stale_connection(ec)) continue;
+        info.error = describe(ec);
+        co_return info;
+      }
+      http::response_parser<http::string_body> parser;
+      parser.body_limit(options_.body_limit);
+      co_await http::async_read_header(*c.stream, c.buffer, parser,
+                                       net::redirect_error(net::use_awaitable, ec));
+      // Beast 1.74 does not apply body_limit to a response's Content-Length (a request's it does): check it
+      // here, before the body is read. Chunked and read-to-eof bodies are limited by the parser itself.
+      if (!ec && parser.content_length() && *parser.content_length() > options_.body_limit)
+        ec = http::error::body_limit;
+      if (!ec && !parser.is_done())
+        co_await http::async_read(*c.stream, c.buffer, parser, net::redirect_error(net::use_awaitable, ec));
+      if (ec) {
+        const bool nothing_read = !parser.got_some() && c.buffer.size() == 0;
+        drop(c);
+        if (reused && attempt == 0 && nothing_read && stale_connection(ec)) continue;
+        info.error = describe(ec);
+        co_return info;
+      }
+      lowest.expires_never();
+      const auto& res = parser.get();
+      info.status = static_cast<int>(res.result_int());
+      if (auto it = res.find(http::field::retry_after); it != res.end())
+        info.retry_after = std::string(it->value());
+      // The server closes after this response: so do we (the next request reconnects).
+      if (!res.keep_alive()) drop(c);
+      co_return info;
+    }
+  }
+
+  // Resolve (cached), connect, TLS handshake. An empty string on success, the error text otherwise.
+  net::awaitable<std::string> open_connection(connection<Stream>& c, clock::time_point deadline) {
+    error_code ec;
+    if (endpoints_.empty() || clock::now() >= endpoints_expiry_) {
+      std::string error = co_await resolve(deadline);
+      if (!error.empty()) co_return error;
+    }
+    if constexpr (tls) {
+      c.stream.emplace(ex_, *ctx_);
+    } else {
+      c.stream.emplace(ex_);
+    }
+    c.buffer.clear();
+    auto& lowest = beast::get_lowest_layer(*c.stream);
+    lowest.expires_at(deadline);
+    co_await lowest.async_connect(endpoints_, net::redirect_error(net::use_awaitable, ec));
+    if (ec) {
+      // A failed connect may mean the cached address is stale: resolve again next time.
+      if (!host_is_ip_) endpoints_expiry_ = clock::time_point::min();
+      c.stream.reset();
+      co_return describe(ec);
+    }
+    lowest.socket().set_option(tcp::no_delay(true), ec);
+    if constexpr (tls) {
+      if (!host_is_ip_) {
+        // SNI; never for an IP address (RFC 6066).
+        SSL_set_tlsext_host_name(c.stream->native_handle(), endpoint_.host.c_str());
+      }
+      if (options_.tls.verify_peer)
+        c.stream->set_verify_callback(ssl::host_name_verification(endpoint_.host));
+      co_await c.stream->async_handshake(ssl::stream_base::client,
+                                         net::redirect_error(net::use_awaitable, ec));
+      if (ec) {
+        c.stream.reset();
+        if (ec == beast::error::timeout) co_return std::string("timeout");
+        co_return "tls handshake: " +
+            (ec.category() == net::error::get_ssl_category() ? ec.message() : describe(ec));
+      }
+    }
+    c.open = true;
+    co_return std::string();
+  }
+
+  net::awaitable<std::string> resolve(clock::time_point deadline) {
+    // The resolver has no deadline of its own: a timer cancels it.
+    steady_timer timer(ex_);
+    timer.expires_at(deadline);
+    timer.async_wait([self = this->shared_from_this()](error_code e) {
+      if (!e) self->resolver_.cancel();
+    });
+    error_code ec;
+    auto results = co_await resolver_.async_resolve(endpoint_.host, port_text_,
+                                                    net::redirect_error(net::use_awaitable, ec));
+    timer.cancel();
+    if (ec == net::error::operation_aborted && clock::now() >= deadline) co_return std::string("timeout");
+    if (ec) co_return "resolve: " + ec.message();
+    if (results.empty()) co_return std::string("resolve: no address");
+    endpoints_.clear();
+    for (const auto& r : results) endpoints_.push_back(r.endpoint());
+    endpoints_expiry_ = clock::now() + resolve_cache_ttl;
+    co_return std::string();
+  }
+
+  void drop(connection<Stream>& c) {
+    if (c.stream) {
+      error_code ignored;
+      beast::get_lowest_layer(*c.stream).socket().close(ignored);
+      c.stream.reset();
+    }
+    c.open = false;
+    c.buffer.clear();
+  }
+
+  net::awaitable<void> shutdown_tls(std::shared_ptr<client> self, connection<Stream>* c) {
+    if constexpr (tls) {
+      error_code ec;
+      beast::get_lowest_layer(*c->stream).expires_after(tls_shutdown_timeout);
+      co_await c->stream->async_shutdown(net::redirect_error(net::use_awaitable, ec));
+      // Any error is fine here: stream_truncated (the server closed the TCP connection without answering our
+      // close_notify, which many servers do) and eof mean the same as success; the socket is closed anyway.
+    }
+    drop(*c);
+    c->busy = false;
+    (void)self;
+  }
+
+  executor ex_;
+  url endpoint_;
+  http_client_options options_;
+  std::shared_ptr<ssl::context> ctx_;
+  tcp::resolver resolver_;
+  std::string port_text_;
+  std::string host_header_;
+  bool host_is_ip_ = false;
+  std::vector<tcp::endpoint> endpoints_;
+  clock::time_point endpoints_expiry_{};
+  std::deque<pending> queue_;
+  std::vector<std::unique_ptr<connection<Stream>>> connections_;
+  std::size_t in_flight_ = 0;
+  bool closed_ = false;
+};
+
+std::shared_ptr<ssl::context> make_tls_context(const tls_settings& settings) {
+  auto ctx = std::make_shared<ssl::context>(ssl::context::tls_client);
+  ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                   ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
+  const auto load = [](const std::string& what, const std::string& file, auto&& fn) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      throw std::runtime_error("cannot load TLS " + what + " '" + file + "': " + e.what());
+    }
+  };
+  if (settings.verify_peer) {
+    ctx->set_verify_mode(ssl::verify_peer);
+    if (settings.ca_file.empty()) {
+      load("trust store", "(system default)", [&] { ctx->set_default_verify_paths(); });
+    } else {
+      load("CA file", settings.ca_file, [&] { ctx->load_verify_file(settings.ca_file); });
+    }
+  } else {
+    ctx->set_verify_mode(ssl::verify_none);
+  }
+  if (settings.client_cert_file.empty() != settings.client_key_file.empty())
+    throw std::runtime_error("TLS client certificate and key must be given together");
+  if (!settings.client_cert_file.empty()) {
+    load("client certificate", settings.client_cert_file,
+         [&] { ctx->use_certificate_chain_file(settings.client_cert_file); });
+    load("client key", settings.client_key_file,
+         [&] { ctx->use_private_key_file(settings.client_key_file, ssl::context::pem); });
+  }
+  return ctx;
+}
+
+}  // namespace
+
+std::shared_ptr<http_client> make_http_client(executor ex, url endpoint, http_client_options options) {
+  if (endpoint.tls) {
+    auto ctx = make_tls_context(options.tls);
+    return std::make_shared<client<tls_stream>>(std::move(ex), std::move(endpoint), std::move(options),
+                                                std::move(ctx));
+  }
+  return std::make_shared<client<plain_stream>>(std::move(ex), std::move(endpoint), std::move(options),
+                                                nullptr);
+}
+
+}  // namespace appointment_relay

@@ -1,0 +1,295 @@
+#include "appointment_relay/dispatcher.hpp"
+
+#include <gtest/gtest.h>
+
+#include <future>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "appointment_relay/db_worker.hpp"
+#include "appointment_relay/metrics.hpp"
+#include "appointment_relay/signature.hpp"
+#include "support/test_database.hpp"
+#include "support/test_http_server.hpp"
+
+// The dispatch stage with everything real: the relay's triggers in a scratch PostgreSQL database, the
+// database worker, the dispatcher and an HTTP server on 127.0.0.1 that fails on demand.
+
+namespace appointment_relay {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::recorded_request;
+using testing::response_plan;
+using testing::scratch_database;
+using testing::test_http_server;
+
+constexpr const char* secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+class relay_under_test {
+ public:
+  relay_under_test(const scratch_database& db, const std::string& url, retry_settings retry = fast_retry())
+      : work_(net::make_work_guard(io_)) {
+    endpoint_config e;
+    e.name = "test";
+    e.target = *parse_url(url);
+    e.secrets = {secret};
+    e.kinds = {notification_kind::created, notification_kind::rescheduled, notification_kind::cancelled,
+               notification_kind::no_show, notification_kind::reverted,    notification_kind::checked_in};
+    e.max_in_flight = 4;
+    e.timeout = 2s;
+    dispatcher_settings ds;
+    ds.endpoints = {e};
+    ds.retry = retry;
+    db_worker_settings ws;
+    ws.database_url = db.url();
+    ws.endpoints = {"test"};
+    ws.poll_interval = 500ms;
+    db_worker_callbacks cb;
+    cb.on_active = [this](std::string id) { disp_->activate(std::move(id)); };
+    cb.on_inactive = [this] { disp_->deactivate(); };
+    cb.on_wake = [this] { disp_->wake(); };
+    worker_ = start_db_worker(io_.get_executor(), ws, cb, metrics_);
+    disp_ = make_dispatcher(io_.get_executor(), ds, *worker_, metrics_);
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  ~relay_under_test() {
+    std::promise<void> drained;
+    net::post(io_, [&] { disp_->drain(2s, [&] { drained.set_value(); }); });
+    drained.get_future().wait_for(5s);
+    worker_->stop(2s);
+    work_.reset();
+    io_.stop();
+    thread_.join();
+  }
+
+  static retry_settings fast_retry() {
+    retry_settings r;
+    r.base_delay = 20ms;
+    r.max_delay = 100ms;
+    return r;
+  }
+
+  metrics& stats() { return metrics_; }
+
+ private:
+  net::io_context io_;
+  net::executor_work_guard<net::io_context::executor_type> work_;
+  metrics metrics_;
+  std::unique_ptr<db_worker> worker_;
+  std::unique_ptr<dispatcher> disp_;
+  std::thread thread_;
+};
+
+std::string canvas(const scratch_database& db, const std::string& call) {
+  return db.query_value("SELECT canvas_test." + call);
+}
+
+struct appointment {
+  std::string id;
+  std::string external_id;
+  std::string patient_key;
+};
+
+appointment book(const scratch_database& db, const std::string& start = "2021-12-24 21:30:00+00",
+                 int minutes = 30) {
+  auto patient = canvas(db, "create_patient()");
+  appointment a;
+  a.id = canvas(db, "book_appointment(" + patient + ", '" + start + "', " + std::to_string(minutes) + ")");
+  a.external_id = db.query_value("SELECT externally_exposable_id FROM api_appointment WHERE id = " + a.id);
+  a.patient_key = db.query_value("SELECT key FROM api_patient WHERE id = " + patient);
+  return a;
+}
+
+std::string payload(const appointment& a, const std::string& flag, const std::string& times = "") {
+  return R"({"canvas_patient_key":")" + a.patient_key + R"(","appointment_external_id":")" + a.external_id +
+         "\"," + times + "\"" + flag + "\":true}";
+}
+
+std::string times(const std::string& start, const std::string& end) {
+  return R"("start_time":")" + start + R"(","end_time":")" + end + "\",";
+}
+
+TEST(dispatcher, should_deliver_the_six_canvas_payloads_end_to_end_signed) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  test_http_server server;
+  relay_under_test relay(db, server.url("/canvas"));
+
+  auto first = book(db);
+  auto second_id = canvas(db, "reschedule(" + first.id + ", '2021-12-31 23:45:00+00', 30)");
+  appointment second = first;
+  second.id = second_id;
+  second.external_id =
+      db.query_value("SELECT externally_exposable_id FROM api_appointment WHERE id = " + second_id);
+  canvas(db, "cancel(" + second.id + ")");
+  canvas(db, "restore(" + second.id + ")");
+  canvas(db, "no_show(" + second.id + ")");
+  canvas(db, "check_in(" + second.id + ")");
+
+  ASSERT_TRUE(server.wait_for_requests(6, 10s)) << server.request_count();
+  std::this_thread::sleep_for(200ms);  // nothing more may arrive
+  auto got = server.requests();
+  ASSERT_EQ(got.size(), 6u);
+  std::vector<std::string> expected = {
+      payload(first, "created", times("2021-12-24T21:30:00+00:00", "2021-12-24T22:00:00+00:00")),
+      payload(second, "rescheduled", times("2021-12-31T23:45:00+00:00", "2022-01-01T00:15:00+00:00")),
+      payload(second, "cancelled"),
+      payload(second, "reverted"),
+      payload(second, "no_show"),
+      payload(second, "checked_in"),
+  };
+  std::set<std::string> ids;
+  auto key = *signing_key::parse(secret);
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    const auto& r = got[i];
+    EXPECT_EQ(r.body, expected[i]) << i;
+    EXPECT_EQ(r.method, "POST");
+    EXPECT_EQ(r.target, "/canvas");
+    EXPECT_EQ(r.header("content-type").value_or(""), "application/json");
+    EXPECT_TRUE(r.header("user-agent").value_or("").starts_with("appointment-relay/"));
+    auto id = r.header("webhook-id").value_or("");
+    auto ts = std::stoll(r.header("webhook-timestamp").value_or("0"));
+    EXPECT_LE(std::llabs(ts - std::chrono::duration_cast<std::chrono::seconds>(
+                                  std::chrono::system_clock::now().time_since_epoch())
+                                  .count()),
+              5);
+    EXPECT_TRUE(verify_signature(key, r.header("webhook-signature").value_or(""), id, ts, r.body)) << i;
+    ids.insert(id);
+  }
+  EXPECT_EQ(ids.size(), 6u) << "every event has its own webhook-id";
+
+  // Delivery state written back.
+  for (int i = 0; i < 50 && db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE state = "
+                                           "'delivered' AND delivered_at IS NOT NULL") != "6";
+       ++i)
+    std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE state = 'delivered' AND "
+                           "delivered_at IS NOT NULL AND attempts = 1 AND endpoint = 'test'"),
+            "6");
+}
+
+TEST(dispatcher, should_keep_each_appointments_order_through_retries_without_holding_up_others) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  test_http_server server;
+  std::atomic<int> failures{0};
+  std::string slow_key;
+  std::mutex m;
+  server.set_handler([&](const recorded_request& r, int) {
+    std::lock_guard lock(m);
+    if (!slow_key.empty() && r.body.find(slow_key) != std::string::npos &&
+        r.body.find("\"created\"") != std::string::npos && failures < 2) {
+      ++failures;
+      return response_plan::with_status(500);
+    }
+    return response_plan::with_status(200);
+  });
+  relay_under_test relay(db, server.url());
+
+  auto patient = canvas(db, "create_patient()");
+  {
+    std::lock_guard lock(m);
+    slow_key = "";
+  }
+  // Appointment A's creation fails twice; its cancel must wait for it. B is not held up.
+  auto a_id = canvas(db, "book_appointment(" + patient + ", '2022-01-01 10:00+00', 15)");
+  auto a_ext = db.query_value("SELECT externally_exposable_id FROM api_appointment WHERE id = " + a_id);
+  // The handler only knows A once we do: events are already captured, so set it before the relay reads on.
+  {
+    std::lock_guard lock(m);
+    slow_key = a_ext;
+  }
+  canvas(db, "cancel(" + a_id + ")");
+  auto b = book(db, "2022-01-02 10:00+00", 15);
+
+  ASSERT_TRUE(server.wait_for_requests(5, 10s)) << server.request_count();
+  auto got = server.requests();
+  std::vector<std::string> a_bodies, a_ids;
+  int b_index = -1, a_done_index = -1;
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    if (got[i].body.find(a_ext) != std::string::npos) {
+      a_bodies.push_back(got[i].body.find("\"created\"") != std::string::npos ? "created" : "cancelled");
+      if (a_bodies.back() == "created") a_ids.push_back(got[i].header("webhook-id").value_or(""));
+      if (a_bodies.back() == "created" && a_ids.size() == 3) a_done_index = static_cast<int>(i);
+    } else if (got[i].body.find(b.external_id) != std::string::npos) {
+      b_index = static_cast<int>(i);
+    }
+  }
+  EXPECT_EQ(a_bodies, (std::vector<std::string>{"created", "created", "created", "cancelled"}));
+  ASSERT_EQ(a_ids.size(), 3u);
+  EXPECT_EQ(a_ids[0], a_ids[1]) << "a retry keeps its webhook-id";
+  EXPECT_EQ(a_ids[1], a_ids[2]);
+  ASSERT_GE(b_index, 0);
+  EXPECT_LT(b_index, a_done_index) << "B went while A was retrying";
+}
+
+TEST(dispatcher, should_dead_letter_a_400_at_once_and_record_the_reason) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  test_http_server server;
+  server.set_handler([](const recorded_request&, int) { return response_plan::with_status(400); });
+  relay_under_test relay(db, server.url());
+  auto a = book(db);
+  ASSERT_TRUE(server.wait_for_requests(1, 10s));
+  for (int i = 0;
+       i < 100 &&
+       db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE state = 'dead'") != "1";
+       ++i)
+    std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(db.query_value("SELECT dead_reason || '/' || attempts FROM appointment_relay.delivery"),
+            "http 400/1");
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(server.request_count(), 1u) << "a 400 is not retried";
+  EXPECT_NE(relay.stats().render().find(
+                "appointment_relay_dead_letters_total{endpoint=\"test\",reason=\"http_400\"} 1"),
+            std::string::npos)
+      << relay.stats().render();
+}
+
+TEST(dispatcher, should_honour_retry_after_on_a_429) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  test_http_server server;
+  server.push_plan(response_plan::with_status(429).header("Retry-After", "1"));
+  retry_settings retry = relay_under_test::fast_retry();
+  retry.max_delay = 5s;
+  relay_under_test relay(db, server.url(), retry);
+  book(db);
+  ASSERT_TRUE(server.wait_for_requests(2, 10s));
+  auto got = server.requests();
+  auto gap = got[1].received - got[0].received;
+  EXPECT_GE(gap, 900ms);
+  EXPECT_LT(gap, 3s);
+}
+
+TEST(dispatcher, should_dead_letter_a_row_the_classifier_rejects_and_deliver_the_rest) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  test_http_server server;
+  relay_under_test relay(db, server.url());
+  auto patient = canvas(db, "create_patient()");
+  db.exec("INSERT INTO api_appointment (patient_id, start_time, duration_minutes, status) VALUES (" +
+          patient + ", NULL, 30, 'confirmed')");
+  db.exec("INSERT INTO api_appointment (patient_id, start_time, duration_minutes, status) VALUES (" +
+          patient + ", now(), -5, 'confirmed')");
+  auto good = book(db);
+  ASSERT_TRUE(server.wait_for_requests(1, 10s));
+  for (int i = 0;
+       i < 100 &&
+       db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE state = 'dead'") != "2";
+       ++i)
+    std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(
+      db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE state = 'dead' AND dead_reason "
+                     "LIKE 'rejected: %'"),
+      "2");
+  std::this_thread::sleep_for(200ms);
+  ASSERT_EQ(server.request_count(), 1u);
+  EXPECT_NE(server.requests()[0].body.find(good.external_id), std::string::npos);
+}
+
+}  // namespace
+}  // namespace appointment_relay
