@@ -36,7 +36,7 @@ const char* const usage = R"(bench_producer: load generator and measurer of scri
   bench_producer flood   --db URL --connections N --seconds S --out FILE
                                                                   as fast as possible on N connections
   bench_producer backlog --db URL --events N                        N notifiable events in big transactions
-  bench_producer latency    --commits FILE --received FILE
+  bench_producer latency    --commits FILE --received FILE [--captured FILE]
   bench_producer throughput --commits FILE --received FILE [--warmup-seconds W]
   bench_producer drain      --received FILE --since NS --expect N
 
@@ -50,7 +50,7 @@ std::int64_t unix_ns_now() {
 }
 
 struct options {
-  std::string mode, db, out, commits, received;
+  std::string mode, db, out, commits, received, captured;
   double rate = 300, seconds = 5, warmup_seconds = 1;
   int connections = 2;
   long events = 0, expect = 0;
@@ -275,8 +275,20 @@ int run_backlog(const options& o) {
 
 struct receipt {
   std::int64_t unix_ns;
-  std::string key;  // external id + '/' + kind
+  std::string key;        // external id + '/' + kind
+  std::int64_t event_id;  // from the webhook-id msg_<installation>_<event id>_<endpoint>; -1 if not one
 };
+
+std::int64_t event_id_of(const std::string& webhook_id) {
+  auto a = webhook_id.find('_'), b = a == std::string::npos ? a : webhook_id.find('_', a + 1);
+  if (b == std::string::npos) return -1;
+  auto c = webhook_id.find('_', b + 1);
+  try {
+    return std::stoll(webhook_id.substr(b + 1, c == std::string::npos ? std::string::npos : c - b - 1));
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
 
 std::vector<receipt> read_received(const std::string& path) {
   static const char* const kinds[] = {"created", "rescheduled", "cancelled",
@@ -288,7 +300,7 @@ std::vector<receipt> read_received(const std::string& path) {
   while (std::getline(in, line)) {
     auto t1 = line.find('\t'), t2 = line.find('\t', t1 + 1);
     if (t1 == std::string::npos || t2 == std::string::npos) continue;
-    receipt r{std::stoll(line.substr(0, t1)), {}};
+    receipt r{std::stoll(line.substr(0, t1)), {}, event_id_of(line.substr(t1 + 1, t2 - t1 - 1))};
     auto body = nlohmann::json::parse(line.substr(t2 + 1), nullptr, false);
     if (body.is_object() && body.contains("appointment_external_id")) {
       r.key = body["appointment_external_id"].get<std::string>() + '/';
@@ -365,6 +377,23 @@ int run_latency(const options& o) {
               m.latencies_us.empty() ? NAN : m.latencies_us.back(),
               m.latencies_us.empty() ? NAN : m.latencies_us.front(),
               m.latencies_us.empty() ? NAN : sum / static_cast<double>(m.latencies_us.size()));
+  if (!o.captured.empty()) {
+    // From the capturing trigger's clock_timestamp() (before COMMIT) to receipt: an upper bound that does not
+    // depend on when the producer got the CPU back after its COMMIT.
+    std::ifstream in(o.captured);
+    std::unordered_map<std::int64_t, std::int64_t> captured_us;
+    std::int64_t id, us;
+    while (in >> id >> us) captured_us[id] = us;
+    std::vector<double> from_capture;
+    for (const auto& r : receipts) {
+      auto it = captured_us.find(r.event_id);
+      if (it != captured_us.end()) from_capture.push_back(static_cast<double>(r.unix_ns / 1000 - it->second));
+    }
+    std::sort(from_capture.begin(), from_capture.end());
+    std::printf("capture_n=%zu\ncapture_p50_us=%.1f\ncapture_p99_us=%.1f\ncapture_max_us=%.1f\n",
+                from_capture.size(), percentile(from_capture, 50), percentile(from_capture, 99),
+                from_capture.empty() ? NAN : from_capture.back());
+  }
   return m.missing == 0 ? 0 : 3;
 }
 

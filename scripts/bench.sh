@@ -44,21 +44,25 @@ fi
 
 [ -n "${BENCH_SKIP_DEPS:-}" ] || scripts/install-deps.sh
 if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=$build_type >/dev/null
+  # -Wno-restrict: g++ 12 at -O3 reports a false -Wrestrict inside libstdc++'s char_traits (config.cpp).
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=$build_type -DCMAKE_CXX_FLAGS=-Wno-restrict >/dev/null
 fi
 cmake --build "$build" -j "$(nproc)" --target appointment-relay appointment-relay-receiver bench_producer \
   $( [ -n "$(grep -s '^benchmark_DIR:PATH=/' "$build/CMakeCache.txt")" ] && echo classifier_bench ) >/dev/null
+build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
 relay=$root/$build/appointment-relay
 receiver_bin=$root/$build/appointment-relay-receiver
 producer=$root/$build/bench/bench_producer
 classifier_bench=$root/$build/bench/classifier_bench
 
 work=$(mktemp -d /tmp/appointment-relay-bench.XXXXXX)
-pgdir=$work/pg
+pgdir=$(mktemp -d /tmp/appointment-relay-bench-pg.XXXXXX)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  local p
+  for p in "${pids[@]}"; do
+    if kill -0 "$p" 2>/dev/null; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  done
   scripts/pg-cluster.sh stop "$pgdir" || true
   [ -n "${BENCH_KEEP_WORK:-}" ] || rm -rf "$work"
 }
@@ -67,6 +71,7 @@ trap 'exit 130' INT TERM
 log() { echo "bench: $*" >&2; }
 fail() { echo "bench: FAILED: $*" >&2; exit 1; }
 
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 server=$(scripts/pg-cluster.sh start "$pgdir")
 base=${server%/postgres}
 log "PostgreSQL at $server, work in $work"
@@ -86,6 +91,7 @@ delivered() { sql "$1" "SELECT count(*) FROM appointment_relay.delivery WHERE st
 # start_receiver RECORD: sets receiver_pid and receiver_port.
 start_receiver() {
   local out=$work/receiver-$RANDOM.out
+  : >"$out"
   "$receiver_bin" --listen 127.0.0.1:0 --quiet --record "$1" >"$out" 2>&1 &
   receiver_pid=$!
   pids+=("$receiver_pid")
@@ -118,6 +124,15 @@ stop_relay() {
   wait "$relay_pid" || log "the relay exited with $? (log: $(tail -n 3 "$1" | tr '\n' ' '))"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# PostgreSQL's CPU: the postmaster with its reaped children, plus its live children.
+pg_ticks() {
+  local pm
+  pm=$(head -n 1 "$pgdir/data/postmaster.pid")
+  { awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat"
+    for c in $(ps -o pid= --ppid "$pm"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
+  } | awk '{s += $1} END {print s}'
+}
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }  # all cores: user nice system irq softirq
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 tick=$(getconf CLK_TCK)
 
@@ -184,24 +199,42 @@ log "   without triggers ${plain_tps[*]} tps, with ${relay_tps[*]} tps: overhead
 
 # ---------------------------------------------------------------------------------------------------------
 # 3. Latency (and the CPU per event under a steady stream): 300 changes/s on one connection.
+# latency_run DB LEVEL SECONDS: sets stream_cpu_us and lat_hwm; results in $work/DB.result.
+latency_run() {
+  local d=$1 cpu0 cpu1 n
+  new_db "$d" migrate
+  start_receiver "$work/$d.received"
+  start_relay "$d" "$work/relay-$d.log" "$2"
+  warm_up "$d"
+  cpu0=$(cpu_ticks "$relay_pid")
+  "$producer" stream --db "$base/$d" --rate $latency_rate --seconds "$3" --out "$work/$d.commits" \
+    >"$work/$d.produced" || fail "producer (stream)"
+  n=$(kv "$work/$d.produced" notifiable)
+  wait_delivered "$d" $((n + 1)) 0.05
+  cpu1=$(cpu_ticks "$relay_pid")
+  lat_hwm=$(hwm_kb "$relay_pid")
+  stop_relay "$work/relay-$d.log"
+  stop_receiver
+  psql -qtA -F $'\t' "$base/$d" -c "SELECT id, (extract(epoch FROM captured_at) * 1e6)::bigint FROM appointment_relay.outbox" \
+    >"$work/$d.captured"
+  "$producer" latency --commits "$work/$d.commits" --received "$work/$d.received" --captured "$work/$d.captured" \
+    >"$work/$d.result" \
+    || { cat "$work/$d.result" >&2; fail "latency: events missing"; }
+  stream_cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v n="$n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  log "   $(tr '\n' ' ' <"$work/$d.result") cpu/event ${stream_cpu_us}us"
+}
 log "3. latency: $latency_rate changes/s for ${latency_seconds}s"
-new_db lat migrate
-start_receiver "$work/lat.received"
-start_relay lat "$work/relay-lat.log"
-warm_up lat
-cpu0=$(cpu_ticks "$relay_pid")
-"$producer" stream --db "$base/lat" --rate $latency_rate --seconds $latency_seconds --out "$work/lat.commits" \
-  >"$work/lat.produced" || fail "producer (stream)"
+latency_run lat warn $latency_seconds
 lat_n=$(kv "$work/lat.produced" notifiable)
-wait_delivered lat $((lat_n + 1)) 0.05
-cpu1=$(cpu_ticks "$relay_pid")
-lat_hwm=$(hwm_kb "$relay_pid")
-stop_relay "$work/relay-lat.log"
-stop_receiver
-"$producer" latency --commits "$work/lat.commits" --received "$work/lat.received" >"$work/lat.result" \
-  || { cat "$work/lat.result" >&2; fail "latency: events missing"; }
-stream_cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v n="$lat_n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
-log "   $(tr '\n' ' ' <"$work/lat.result")"
+info_note=""
+if [ $quick -eq 0 ]; then
+  info_seconds=10
+  log "3b. the same at log level info, ${info_seconds}s (for the record)"
+  saved_cpu=$stream_cpu_us; saved_hwm=$lat_hwm
+  latency_run lat_info info $info_seconds
+  info_note="At log level info (${info_seconds}s, one info line per delivered event): p50 $(kv "$work/lat_info.result" p50_us) µs, p99 $(kv "$work/lat_info.result" p99_us) µs, max $(kv "$work/lat_info.result" max_us) µs, relay CPU $stream_cpu_us µs per event, VmHWM $lat_hwm kB."
+  stream_cpu_us=$saved_cpu; lat_hwm=$saved_hwm
+fi
 
 # ---------------------------------------------------------------------------------------------------------
 # 2. End-to-end throughput: two producer connections flat out while the relay delivers.
@@ -210,12 +243,14 @@ new_db flood migrate
 start_receiver "$work/flood.received"
 start_relay flood "$work/relay-flood.log"
 warm_up flood
-cpu0=$(cpu_ticks "$relay_pid")
+cpu0=$(cpu_ticks "$relay_pid"); pg0=$(pg_ticks); busy0=$(busy_ticks); t0=$(date +%s%N)
 "$producer" flood --db "$base/flood" --connections 2 --seconds $flood_seconds --out "$work/flood.commits" \
   >"$work/flood.produced" || fail "producer (flood)"
 flood_n=$(kv "$work/flood.produced" notifiable)
 wait_delivered flood $((flood_n + 1)) 0.05
-cpu1=$(cpu_ticks "$relay_pid")
+cpu1=$(cpu_ticks "$relay_pid"); pg1=$(pg_ticks); busy1=$(busy_ticks); t1=$(date +%s%N)
+flood_split=$(awk -v w=$((t1 - t0)) -v r=$((cpu1 - cpu0)) -v p=$((pg1 - pg0)) -v b=$((busy1 - busy0)) \
+  -v hz="$tick" -v n="$(nproc)" 'BEGIN {s = w / 1e9 * hz / 100; printf "relay %.0f %%, PostgreSQL %.0f %%, whole machine %.0f %% (of %d %%)", r / s, p / s, b / s, n * 100}')
 flood_hwm=$(hwm_kb "$relay_pid")
 stop_relay "$work/relay-flood.log"
 stop_receiver
@@ -234,14 +269,22 @@ drain() {
   drain_insert_s=$(kv "$work/$d.produced" seconds)
   psql -q "$base/$d" -c "VACUUM ANALYZE" >/dev/null
   start_receiver "$work/$d.received"
+  local pg0 busy0 t0 pg1 busy1 t1 relay_t recv_t
+  pg0=$(pg_ticks); busy0=$(busy_ticks)
   start_relay "$d" "$work/relay-$d.log"
+  t0=$relay_started_ns
   if [ "${3:-}" = profile ]; then
-    perf record -F 999 -g -p "$relay_pid" -o "$work/perf.data" >/dev/null 2>&1 &
+    perf record -F 1999 -p "$relay_pid" -o "$work/perf.data" >/dev/null 2>&1 &
     perf_pid=$!
   fi
   wait_delivered "$d" "$n" 0.1
-  drain_cpu_us=$(awk -v t="$(cpu_ticks "$relay_pid")" -v n="$n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  t1=$(date +%s%N); relay_t=$(cpu_ticks "$relay_pid"); recv_t=$(cpu_ticks "$receiver_pid")
+  pg1=$(pg_ticks); busy1=$(busy_ticks)
+  drain_cpu_us=$(awk -v t="$relay_t" -v n="$n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
   drain_hwm=$(hwm_kb "$relay_pid")
+  # Who used the CPU from relay start until all was recorded delivered, in % of one core.
+  drain_split=$(awk -v w=$((t1 - t0)) -v r="$relay_t" -v p=$((pg1 - pg0)) -v c="$recv_t" -v b=$((busy1 - busy0)) \
+    -v hz="$tick" -v n="$(nproc)" 'BEGIN {s = w / 1e9 * hz / 100; printf "relay %.0f %%, PostgreSQL %.0f %%, receiver %.0f %%, whole machine %.0f %% (of %d %%) over %.2f s", r / s, p / s, c / s, b / s, n * 100, w / 1e9}')
   [ "${3:-}" = profile ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   stop_relay "$work/relay-$d.log"
   stop_receiver
@@ -249,12 +292,13 @@ drain() {
     || { cat "$work/$d.result" >&2; fail "drain: events missing"; }
   drain_rate=$(kv "$work/$d.result" per_s)
   log "   $(tr '\n' ' ' <"$work/$d.result") cpu/event ${drain_cpu_us}us (incl. start-up), VmHWM ${drain_hwm} kB"
+  log "   CPU over the drain: $drain_split"
 }
 log "4. backlog drain: $drain_small then $drain_events pending events"
 drain drain_small $drain_small
 small_rate=$drain_rate; small_cpu_us=$drain_cpu_us; small_hwm=$drain_hwm
 drain drain_big $drain_events
-big_insert_s=$drain_insert_s
+big_insert_s=$drain_insert_s; big_split=$drain_split
 
 # ---------------------------------------------------------------------------------------------------------
 # 6. The classifier alone.
@@ -263,7 +307,7 @@ if [ -x "$classifier_bench" ]; then
   log "6. classifier (Google Benchmark)"
   "$classifier_bench" --benchmark_min_time=$bench_min_time --benchmark_format=console >"$work/classifier.txt" 2>/dev/null \
     || fail "classifier_bench"
-  classifier_ns=$(awk '$1 == "BM_created" {print $2}' "$work/classifier.txt")
+  classifier_ns=$(awk '$1 == "BM_created" {print $4}' "$work/classifier.txt")  # CPU time
 fi
 
 profile_note=""
@@ -271,8 +315,13 @@ if [ $profile -eq 1 ]; then
   if command -v perf >/dev/null; then
     log "profile: perf record on the relay during an extra drain of $drain_events events"
     drain drain_profile $drain_events profile
-    perf report -i "$work/perf.data" --stdio --no-children --percent-limit 1.5 2>/dev/null \
-      | grep -v '^$' | head -n 150 >"$work/profile-drain.txt" || true
+    { echo "perf record -F 1999 -p <relay> during a drain of $drain_events events ($build_type build); self time."
+      echo; echo "== by shared object"
+      perf report -i "$work/perf.data" --stdio --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 15
+      echo; echo "== by symbol (at least 0.7 %)"
+      perf report -i "$work/perf.data" --stdio --sort dso,symbol --percent-limit 0.7 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | head -n 80
+    } >"$work/profile-drain.txt" || true
     profile_note="profile-drain.txt"
   else
     log "profile: perf not installed, skipped"
@@ -305,7 +354,8 @@ report=$work/report.md
   echo "$when, commit $commit, $build_type build, run: $mode."
   echo
   echo "Machine: $(nproc) cores ($cpu_model), $mem RAM, Linux $(uname -r), PostgreSQL $pg_version (fsync on,"
-  echo "throwaway cluster); PostgreSQL, producer, relay and receiver share the cores."
+  echo "throwaway cluster); PostgreSQL, producer, relay and receiver share the cores. Load average (1, 5, 15 min)"
+  echo "at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (above 0.5: other work shared the machine)."
   echo
   echo "| # | measure | result | target | verdict | Node.js bar |"
   echo "| --- | --- | --- | --- | --- | --- |"
@@ -314,6 +364,7 @@ report=$work/report.md
   echo "| 3 | latency at $latency_rate changes/s, commit to receipt, p50 | $(ms "$lat_p50") | at most 0.5 ms | $(verdict "$lat_p50" "<=" 500) | 0.6-1.1 ms |"
   echo "| 3 | latency p99 | $(ms "$lat_p99") | at most 2 ms | $(verdict "$lat_p99" "<=" 2000) | 3.4-4.5 ms |"
   echo "| 3 | latency max | $(ms "$lat_max") | | | |"
+  echo "| 3 | the same from the trigger's clock (before COMMIT), p50 / p99 / max | $(ms "$(kv "$work/lat.result" capture_p50_us)") / $(ms "$(kv "$work/lat.result" capture_p99_us)") / $(ms "$(kv "$work/lat.result" capture_max_us)") | | | |"
   echo "| 4 | backlog drain, $drain_events events, from relay start | $drain_rate events/s | at least 30,000/s | $(verdict "$drain_rate" ">=" 30000) | 10,000-14,000/s |"
   echo "| 5 | relay CPU per event while draining | $drain_cpu_us µs | at most 15 µs | $(verdict "$drain_cpu_us" "<=" 15) | 50-85 µs |"
   echo "| 5 | relay CPU per event, steady stream ($latency_rate/s) | $stream_cpu_us µs | below 270 µs | $(verdict "$stream_cpu_us" "<=" 270) | 270-300 µs |"
@@ -324,16 +375,16 @@ report=$work/report.md
   echo "Details:"
   echo
   echo "- Capture: pgbench -c 2 -j 2, ${capture_seconds}s per run, ${capture_rounds} alternating rounds, single-row inserts (half api_appointment, half api_notestatechangeevent); tps without triggers: ${plain_tps[*]}; with: ${relay_tps[*]}. No relay running (the triggers' cost alone)."
-  echo "- Latency: $(kv "$work/lat.produced" changes) changes, $lat_n notifiable (cycle per appointment: created, BKD, cancelled, reverted, rescheduled, checked_in); p90 $(ms "$(kv "$work/lat.result" p90_us)"), mean $(ms "$(kv "$work/lat.result" mean_us)"), min $(ms "$(kv "$work/lat.result" min_us)"); missing $(kv "$work/lat.result" missing), duplicates $(kv "$work/lat.result" duplicates). Commit time: producer's clock right after COMMIT returns; receipt: the receiver's clock when the request is read."
-  echo "- Throughput: $(kv "$work/flood.produced" changes) changes, $flood_n notifiable in $(kv "$work/flood.produced" seconds)s; window from ${flood_warmup}s after the first commit to the last; last receipt $(kv "$work/flood.result" catch_up_ms) ms after the last commit; latency under this load p50 $(ms "$(kv "$work/flood.result" p50_us)"), p99 $(ms "$(kv "$work/flood.result" p99_us)"); relay CPU $flood_cpu_us µs per event; VmHWM $(mb "$flood_hwm")."
-  echo "- Drain: $drain_events events (half created, half cancelled), inserted in ${big_insert_s}s in transactions of 10,000 rows before the relay starts; rate = events / (last receipt - relay start), start-up included; from the first receipt: $(kv "$work/drain_big.result" per_s_from_first)/s; first receipt $(kv "$work/drain_big.result" first_receipt_ms) ms after start. Smaller backlog ($drain_small): $small_rate/s, $small_cpu_us µs per event. CPU per event: the relay's whole utime+stime (start-up included) over the events."
-  echo "- Steady stream: relay CPU (utime+stime) over the stream divided by its $lat_n notifiable events; VmHWM $(mb "$lat_hwm")."
+  echo "- Latency: $(kv "$work/lat.produced" changes) changes, $lat_n notifiable (cycle per appointment: created, BKD, cancelled, reverted, rescheduled, checked_in); p90 $(ms "$(kv "$work/lat.result" p90_us)"), mean $(ms "$(kv "$work/lat.result" mean_us)"), min $(ms "$(kv "$work/lat.result" min_us)") (negative: the webhook arrived before the producer, descheduled after its COMMIT returned, read its clock; the row above measures from the capturing trigger's clock_timestamp() instead, which is before the COMMIT and its WAL flush); missing $(kv "$work/lat.result" missing), duplicates $(kv "$work/lat.result" duplicates). Commit time: producer's clock right after COMMIT returns; receipt: the receiver's clock when the request is read."
+  echo "- Throughput: $(kv "$work/flood.produced" changes) changes, $flood_n notifiable in $(kv "$work/flood.produced" seconds)s; window from ${flood_warmup}s after the first commit to the last; last receipt $(kv "$work/flood.result" catch_up_ms) ms after the last commit; latency under this load p50 $(ms "$(kv "$work/flood.result" p50_us)"), p99 $(ms "$(kv "$work/flood.result" p99_us)"); relay CPU $flood_cpu_us µs per event; CPU use over the run (% of one core): $flood_split; VmHWM $(mb "$flood_hwm")."
+  echo "- Drain: $drain_events events (half created, half cancelled), inserted in ${big_insert_s}s in transactions of 10,000 rows before the relay starts; rate = events / (last receipt - relay start), start-up included; from the first receipt: $(kv "$work/drain_big.result" per_s_from_first)/s; first receipt $(kv "$work/drain_big.result" first_receipt_ms) ms after start. CPU from relay start to all recorded delivered: $big_split. Smaller backlog ($drain_small): $small_rate/s, $small_cpu_us µs per event. CPU per event: the relay's whole utime+stime (start-up included) over the events."
+  echo "- Steady stream: relay CPU (utime+stime) over the stream divided by its $lat_n notifiable events; VmHWM $(mb "$lat_hwm"). $info_note"
   echo "- Relay at log level warn. Classifier: BM_created of bench/classifier_bench.cpp:"
   echo
   echo '```'
   grep -E '^(BM_|Benchmark|-)' "$work/classifier.txt" 2>/dev/null || echo "(classifier_bench not built: Google Benchmark missing)"
   echo '```'
-  [ -n "$profile_note" ] && echo && echo "Profile of the relay during a drain (perf record -g): [profile-drain.txt](profile-drain.txt)."
+  [ -n "$profile_note" ] && echo && echo "Profile of the relay during a drain (perf record, self time): [profile-drain.txt](profile-drain.txt)."
 } >"$report"
 
 echo
