@@ -459,6 +459,8 @@ options parse(int argc, char** argv) {
       o.commits = v;
     else if (a == "--received")
       o.received = v;
+    else if (a == "--captured")
+      o.captured = v;
     else if (a == "--rate")
       o.rate = std::stod(v);
     else if (a == "--seconds")

@@ -34,7 +34,7 @@ if [ $quick -eq 1 ]; then
 else
   build=${BENCH_BUILD_DIR:-build-release}
   build_type=Release
-  capture_seconds=8; capture_rounds=2
+  capture_seconds=5; capture_rounds=3
   latency_rate=300; latency_seconds=30
   flood_seconds=15; flood_warmup=2
   drain_small=20000; drain_events=100000
@@ -158,7 +158,7 @@ warm_up() {
 # ---------------------------------------------------------------------------------------------------------
 # 1. Capture overhead: single-row insert transactions with and without the relay's triggers (no relay
 #    running: the triggers' cost alone).
-log "1. capture overhead (pgbench, ${capture_rounds}x${capture_seconds}s each way)"
+log "1. capture overhead (pgbench, ${capture_rounds}x${capture_seconds}s each way, synchronous_commit off)"
 cat >"$work/appointment.sql" <<'EOF'
 \set n random(50001, 400000)
 INSERT INTO api_appointment (patient_id, note_id, start_time, duration_minutes, status) VALUES (1 + :n % 1000, :n, now() + interval '1 day', 30, 'confirmed');
@@ -181,10 +181,13 @@ new_db_migrate_only() {
     || { cat "$work/migrate-$1.log" >&2; fail "migrate $1"; }
 }
 new_db_migrate_only cap_relay
-pgb() {  # pgb DB -> tps
-  pgbench -n -f "$work/appointment.sql@1" -f "$work/state.sql@1" -T "$capture_seconds" -c 2 -j 2 "$base/$1" 2>&1 \
-    | tee -a "$work/pgbench.log" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+# pgb DB [synchronous_commit] -> tps. A checkpoint first, so that none lands in one run and not the other.
+pgb() {
+  psql -q "$server" -c "CHECKPOINT" >/dev/null
+  PGOPTIONS="-c synchronous_commit=${2:-off}" pgbench -n -f "$work/appointment.sql@1" -f "$work/state.sql@1" \
+    -T "$capture_seconds" -c 2 -j 2 "$base/$1" 2>&1 | tee -a "$work/pgbench.log" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
 }
+median() { sort -n | awk '{v[NR] = $1} END {printf "%.0f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 plain_tps=(); relay_tps=()
 for _ in $(seq 1 $capture_rounds); do
   plain_tps+=("$(pgb cap_plain)")
@@ -192,9 +195,14 @@ for _ in $(seq 1 $capture_rounds); do
 done
 outbox_rows=$(sql cap_relay "SELECT count(*) FROM appointment_relay.outbox")
 [ "$outbox_rows" -gt 0 ] || fail "the triggers captured nothing in cap_relay"
-plain=$(printf '%s\n' "${plain_tps[@]}" | awk '{s += $1} END {printf "%.0f", s / NR}')
-with=$(printf '%s\n' "${relay_tps[@]}" | awk '{s += $1} END {printf "%.0f", s / NR}')
+plain=$(printf '%s\n' "${plain_tps[@]}" | median)
+with=$(printf '%s\n' "${relay_tps[@]}" | median)
 overhead=$(awk -v a="$plain" -v b="$with" 'BEGIN {printf "%.1f", (1 - b / a) * 100}')
+sync_note=""
+if [ $quick -eq 0 ]; then  # once more with durable commits, for the record
+  sync_plain=$(pgb cap_plain on); sync_relay=$(pgb cap_relay on)
+  sync_note="With durable commits (synchronous_commit on, fsync on; one ${capture_seconds}s run each): $sync_plain tps without, $sync_relay with, overhead $(awk -v a="$sync_plain" -v b="$sync_relay" 'BEGIN {printf "%.1f", (1 - b / a) * 100}') % (noisy: bound by the disk's flush time)."
+fi
 log "   without triggers ${plain_tps[*]} tps, with ${relay_tps[*]} tps: overhead $overhead%"
 
 # ---------------------------------------------------------------------------------------------------------
@@ -374,7 +382,7 @@ report=$work/report.md
   echo
   echo "Details:"
   echo
-  echo "- Capture: pgbench -c 2 -j 2, ${capture_seconds}s per run, ${capture_rounds} alternating rounds, single-row inserts (half api_appointment, half api_notestatechangeevent); tps without triggers: ${plain_tps[*]}; with: ${relay_tps[*]}. No relay running (the triggers' cost alone)."
+  echo "- Capture: pgbench -c 2 -j 2, ${capture_seconds}s per run, ${capture_rounds} alternating rounds (medians in the table), single-row inserts (half api_appointment, half api_notestatechangeevent with CLD/RVT/CVD/NSW), synchronous_commit off so that the transactions' own work is measured and not the disk's flush time (the stricter measure: a flush-bound rate hides the triggers); a CHECKPOINT before each run; no relay running (the triggers' cost alone). tps without triggers: ${plain_tps[*]}; with: ${relay_tps[*]}. $sync_note"
   echo "- Latency: $(kv "$work/lat.produced" changes) changes, $lat_n notifiable (cycle per appointment: created, BKD, cancelled, reverted, rescheduled, checked_in); p90 $(ms "$(kv "$work/lat.result" p90_us)"), mean $(ms "$(kv "$work/lat.result" mean_us)"), min $(ms "$(kv "$work/lat.result" min_us)") (negative: the webhook arrived before the producer, descheduled after its COMMIT returned, read its clock; the row above measures from the capturing trigger's clock_timestamp() instead, which is before the COMMIT and its WAL flush); missing $(kv "$work/lat.result" missing), duplicates $(kv "$work/lat.result" duplicates). Commit time: producer's clock right after COMMIT returns; receipt: the receiver's clock when the request is read."
   echo "- Throughput: $(kv "$work/flood.produced" changes) changes, $flood_n notifiable in $(kv "$work/flood.produced" seconds)s; window from ${flood_warmup}s after the first commit to the last; last receipt $(kv "$work/flood.result" catch_up_ms) ms after the last commit; latency under this load p50 $(ms "$(kv "$work/flood.result" p50_us)"), p99 $(ms "$(kv "$work/flood.result" p99_us)"); relay CPU $flood_cpu_us µs per event; CPU use over the run (% of one core): $flood_split; VmHWM $(mb "$flood_hwm")."
   echo "- Drain: $drain_events events (half created, half cancelled), inserted in ${big_insert_s}s in transactions of 10,000 rows before the relay starts; rate = events / (last receipt - relay start), start-up included; from the first receipt: $(kv "$work/drain_big.result" per_s_from_first)/s; first receipt $(kv "$work/drain_big.result" first_receipt_ms) ms after start. CPU from relay start to all recorded delivered: $big_split. Smaller backlog ($drain_small): $small_rate/s, $small_cpu_us µs per event. CPU per event: the relay's whole utime+stime (start-up included) over the events."
