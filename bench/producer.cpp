@@ -39,6 +39,7 @@ const char* const usage = R"(bench_producer: load generator and measurer of scri
   bench_producer latency    --commits FILE --received FILE [--captured FILE]
   bench_producer throughput --commits FILE --received FILE [--warmup-seconds W]
   bench_producer drain      --received FILE --since NS --expect N
+  bench_producer jitter     --seconds S                     how late a 1 ms sleep wakes up (scheduling delay)
 
 stream/flood write one line per notifiable commit to --out: commit unix ns, external id, kind (tab-separated)
 and print key=value lines (changes, notifiable, seconds). The analyses print key=value lines.
@@ -437,6 +438,22 @@ int run_drain(const options& o) {
   return static_cast<long>(distinct.size()) >= o.expect ? 0 : 3;
 }
 
+// How late a thread that sleeps 1 ms wakes up: the machine's scheduling delay, which bounds every latency.
+int run_jitter(const options& o) {
+  std::vector<double> late_us;
+  auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    auto due = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+    std::this_thread::sleep_until(due);
+    late_us.push_back(
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - due).count());
+  }
+  std::sort(late_us.begin(), late_us.end());
+  std::printf("wakeups=%zu\nlate_p50_us=%.1f\nlate_p99_us=%.1f\nlate_max_us=%.1f\n", late_us.size(),
+              percentile(late_us, 50), percentile(late_us, 99), late_us.empty() ? NAN : late_us.back());
+  return 0;
+}
+
 options parse(int argc, char** argv) {
   options o;
   if (argc < 2) {
@@ -494,6 +511,7 @@ int main(int argc, char** argv) {
     if (o.mode == "latency") return run_latency(o);
     if (o.mode == "throughput") return run_throughput(o);
     if (o.mode == "drain") return run_drain(o);
+    if (o.mode == "jitter") return run_jitter(o);
     std::fputs(usage, stderr);
     return 2;
   } catch (const std::exception& e) {
