@@ -18,6 +18,7 @@ cmake --build build-quickstart -j "$(nproc)" --target appointment-relay appointm
 bin=build-quickstart
 
 work=$(mktemp -d /tmp/appointment-relay-quickstart.XXXXXX)
+chmod 755 "$work"  # the postgres user reaches its data directory inside
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done

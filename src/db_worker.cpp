@@ -63,6 +63,12 @@ struct state {
 
   executor io;
   const db_worker_settings settings;
+  // The configured endpoints (retention, backlog figures); replaced on a reload, read on the worker thread.
+  std::vector<std::string> endpoints() {
+    std::lock_guard lock(mutex);
+    return endpoint_names;
+  }
+  std::vector<std::string> endpoint_names = settings.endpoints;
   const db_worker_callbacks callbacks;
   metrics& m;
   int wake_fd = -1;
@@ -179,10 +185,17 @@ void active_loop(state& s, store& db) {
     if (now >= next_tick) {
       next_tick = now + s.settings.poll_interval;
       s.post_wake();
+      // Backlog and oldest pending event per endpoint, from the database (the dispatcher only knows its
+      // window): the figures /metrics shows.
+      const auto endpoints = s.endpoints();
+      if (!endpoints.empty()) {
+        for (const auto& st : db.status(endpoints))
+          s.m.set_backlog(st.endpoint, st.backlog, st.oldest_pending_age_seconds.value_or(0.0));
+      }
       if (now >= next_purge) {
         next_purge = now + purge_every;
-        if (!s.settings.endpoints.empty()) {
-          auto n = db.purge(s.settings.retention, s.settings.endpoints, purge_batch);
+        if (!endpoints.empty()) {
+          auto n = db.purge(s.settings.retention, endpoints, purge_batch);
           if (n > 0) spdlog::debug("database: purged {} delivered outbox rows past retention", n);
         }
       }
@@ -209,6 +222,7 @@ void run(std::shared_ptr<state> sp) {
     bool active = false;
     try {
       store db(s.settings.database_url);
+      db.use_asynchronous_commit();
       if (connected_before) s.m.database_reconnect();
       connected_before = true;
       bool leader = db.try_lock_leadership();
@@ -290,6 +304,11 @@ class worker final : public db_worker {
     std::lock_guard lock(state_->mutex);
     state_->records.merge(record_batch{std::move(updates), std::move(done_through)});
     state_->signal();
+  }
+
+  void set_endpoints(std::vector<std::string> names) override {
+    std::lock_guard lock(state_->mutex);
+    state_->endpoint_names = std::move(names);
   }
 
   void stop(std::chrono::milliseconds flush_deadline) override {

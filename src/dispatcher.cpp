@@ -153,8 +153,6 @@ class lane : public std::enable_shared_from_this<lane> {
     }
     if (!updates_.empty() || !done.empty()) source_.record(std::move(updates_), std::move(done));
     updates_.clear();
-    double oldest = window_.empty() ? 0.0 : (unix_us_now() - window_.begin()->second->captured_at_us) / 1e6;
-    metrics_.set_backlog(cfg_.name, static_cast<std::int64_t>(window_.size()), oldest);
   }
 
  private:

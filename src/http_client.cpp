@@ -1,5 +1,11 @@
 #include "appointment_relay/http_client.hpp"
 
+// GCC 12 false positives with sanitizers on: Asio's coroutine frames (allocated and freed by Asio's own
+// operator new/delete pair) are reported as mismatched, and Beast 1.74's parser's optional body limit as
+// maybe-uninitialized. Both are in Boost code instantiated here.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <deque>
 #include <stdexcept>
 #include <type_traits>

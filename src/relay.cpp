@@ -88,7 +88,8 @@ int run_relay(config cfg, std::function<config()> reload) {
     if (!cfg.admin.listen.empty()) {
       admin = make_admin_server(io.get_executor(), cfg.admin.listen, m, [&m] { return m.database_up(); });
       admin->start();
-      spdlog::info("admin server on {} (/healthz, /readyz, /metrics)", cfg.admin.listen);
+      spdlog::info("admin server on {} port {} (/healthz, /readyz, /metrics)", cfg.admin.listen,
+                   admin->port());
     }
   } catch (const std::exception& e) {
     spdlog::critical("cannot start: {}", e.what());
@@ -110,6 +111,10 @@ int run_relay(config cfg, std::function<config()> reload) {
   };
   if (watchdog.count() > 0) ping();
 
+  for (const auto& e : cfg.endpoints)
+    if (e.secrets.empty())
+      spdlog::warn("endpoint {} has no signing secret: its webhooks go out unsigned", e.name);
+
   int exit_code = 0;
   bool stopping = false;
   net::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
@@ -122,6 +127,7 @@ int run_relay(config cfg, std::function<config()> reload) {
           config next = reload();
           set_log_level(next.log.level);
           disp->reconfigure(dispatch_settings(next));
+          worker->set_endpoints(endpoint_names(next));
           cfg = std::move(next);
           spdlog::info("configuration reloaded:\n{}", render_config(cfg));
         } catch (const std::exception& e) {

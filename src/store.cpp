@@ -117,6 +117,7 @@ constexpr const char* event_columns =
     "floor(extract(epoch FROM o.start_time))::bigint, o.duration_minutes, o.entered_in_error, o.patient_id, "
     "o.patient_key, d.attempts, floor(extract(epoch FROM d.first_attempt_at) * 1000)::bigint, "
     "floor(extract(epoch FROM d.next_attempt_at) * 1000)::bigint";
+constexpr int event_column_count = 16;
 
 std::optional<std::string_view> text_of(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
@@ -269,6 +270,7 @@ struct store::impl {
   pqxx::connection conn;
   std::unique_ptr<counting_receiver> receiver;
   std::map<std::string, read_position> positions;
+  bool read_prepared = false;
 };
 
 store::store(const std::string& database_url) : impl_(std::make_unique<impl>(database_url)) {
@@ -286,6 +288,11 @@ store::store(const std::string& database_url) : impl_(std::make_unique<impl>(dat
 }
 
 store::~store() = default;
+
+void store::use_asynchronous_commit() {
+  pqxx::nontransaction tx(impl_->conn);
+  tx.exec("SET synchronous_commit = off");
+}
 
 std::string store::installation_id() {
   pqxx::nontransaction tx(impl_->conn);
@@ -367,25 +374,37 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
   const auto remaining = static_cast<std::int64_t>(limit - out.size());
 
   std::int64_t xmin = 0;
+  std::optional<std::int64_t> next_xid;
   std::size_t fresh = 0;
   std::int64_t last_id = 0;
   {
-    pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> tx(conn);
-    // The first statement fixes the snapshot that the outbox query below sees.
-    xmin = tx.exec("SELECT txid_snapshot_xmin(txid_current_snapshot())")[0][0].as<std::int64_t>();
+    // One statement, so one snapshot: its xmin, the rows it sees and, when there are rows, a transaction id
+    // assigned during the statement, hence after its snapshot (the horizon of read_position). One round trip.
+    if (!impl_->read_prepared) {
+      impl_->conn.prepare("ar_read_pending",
+                          std::string("WITH snap AS MATERIALIZED (SELECT txid_snapshot_xmin(txid_current_snapshot()) "
+                                      "AS xmin), rows AS MATERIALIZED (SELECT ") +
+                              event_columns +
+                              " FROM appointment_relay.outbox o"
+                              " LEFT JOIN appointment_relay.delivery d ON d.event_id = o.id AND d.endpoint = $1"
+                              " WHERE o.id > $2 AND (d.state IS NULL OR d.state = 'retrying')"
+                              " AND NOT (o.id = ANY ($3::bigint[]))"
+                              " ORDER BY o.id LIMIT $4)"
+                              " SELECT rows.*, (SELECT xmin FROM snap),"
+                              " (SELECT CASE WHEN EXISTS (SELECT 1 FROM rows) THEN txid_current() END)"
+                              " FROM (SELECT 1) AS one LEFT JOIN rows ON true ORDER BY 1");
+      impl_->read_prepared = true;
+    }
+    pqxx::nontransaction tx(conn);
     array_literal seen;
     for (auto id : pos.seen) seen.add(id);
-    auto r =
-        tx.exec_params(std::string("SELECT ") + event_columns +
-                           " FROM appointment_relay.outbox o"
-                           " LEFT JOIN appointment_relay.delivery d ON d.event_id = o.id AND d.endpoint = $1"
-                           " WHERE o.id > $2 AND (d.state IS NULL OR d.state = 'retrying')"
-                           " AND NOT (o.id = ANY ($3::bigint[]))"
-                           " ORDER BY o.id LIMIT $4",
-                       endpoint, pos.floor, seen.str(), remaining);
-    tx.commit();
-    fresh = r.size();
+    auto r = tx.exec_prepared("ar_read_pending", endpoint, pos.floor, seen.str(), remaining);
+    constexpr int xmin_column = event_column_count, next_xid_column = event_column_count + 1;
+    xmin = r[0][xmin_column].as<std::int64_t>();
+    next_xid = int_of(r[0][next_xid_column]);
     for (const auto& row : r) {
+      if (row[0].is_null()) break;  // no rows: the one line carries only the snapshot
+      ++fresh;
       out.push_back(to_event(row, false));
       last_id = out.back().id;
       pos.seen.insert(last_id);
@@ -403,12 +422,8 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
     pos.horizons.pop_front();
   }
   pos.seen.erase(pos.seen.begin(), pos.seen.upper_bound(pos.floor));
-  if (pos.top > pos.floor && (pos.horizons.empty() || pos.horizons.back().top < pos.top)) {
-    // A transaction id assigned now, after the snapshot: see read_position.
-    pqxx::nontransaction tx(conn);
-    auto next_xid = tx.exec("SELECT txid_current()")[0][0].as<std::int64_t>();
-    pos.horizons.push_back({next_xid, pos.top});
-  }
+  if (next_xid && pos.top > pos.floor && (pos.horizons.empty() || pos.horizons.back().top < pos.top))
+    pos.horizons.push_back({*next_xid, pos.top});
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
   return out;
 }

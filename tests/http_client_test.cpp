@@ -290,13 +290,13 @@ TEST(http_client, should_reconnect_after_the_server_closes) {
 TEST(http_client, should_cap_requests_in_flight_at_max_connections) {
   test_http_server server;
   server.set_handler(
-      [](const testing::recorded_request&, int) { return response_plan::with_status(200).after(60ms); });
+      [](const testing::recorded_request&, int) { return response_plan::with_status(200).after(150ms); });
   http_client_options o = fast_options();
   o.max_connections = 16;
   harness h(server.url(), o);
-  for (int i = 0; i < 48; ++i) h.post();
-  h.run_until(48);
-  ASSERT_EQ(h.results.size(), 48u);
+  for (int i = 0; i < 32; ++i) h.post();
+  h.run_until(32);
+  ASSERT_EQ(h.results.size(), 32u);
   for (const auto& r : h.results) EXPECT_EQ(r.status, 200) << r.error;
   EXPECT_EQ(server.max_concurrent_requests(), 16);
   EXPECT_EQ(server.accepted_connections(), 16);

@@ -257,6 +257,9 @@ TEST(store, should_not_read_delivered_or_dead_again_and_resume_from_the_persiste
   store s(db.url());
   auto ids = ids_of(s.read_pending("a", 100));
   ASSERT_EQ(ids.size(), 5u);
+  // A watermark never passes the read floor, which settles once a later read proves that no transaction
+  // can still commit a lower id.
+  ASSERT_TRUE(s.read_pending("a", 100).empty());
   std::vector<delivery_update> updates(3);
   updates[0] = {ids[0], "a", delivery_state::delivered, 1, 1700000000000, 1700000000000, {}, "", ""};
   updates[1] = {ids[1], "a",        delivery_state::dead, 3, 1700000000000, 1700000005000,
@@ -299,6 +302,10 @@ TEST(store, should_record_thousands_of_updates_in_one_call_with_duplicates) {
     updates.push_back({id, "a", delivery_state::delivered, 2, 1700000000000, 1700000002000, {}, "", ""});
   updates.push_back({999999, "a", delivery_state::delivered, 1, 1, 1, {}, "", ""});  // purged meanwhile
   store s(db.url());
+  for (const char* endpoint : {"a", "b"}) {  // read positions settled past every row (see the watermark)
+    s.read_pending(endpoint, 10000);
+    s.read_pending(endpoint, 10000);
+  }
   auto start = std::chrono::steady_clock::now();
   s.record(updates, {{"a", 5000}, {"b", 10}});
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
@@ -361,6 +368,7 @@ TEST(store, should_purge_only_old_rows_every_endpoint_is_done_with) {
   store s(db.url());
   auto ids = ids_of(s.read_pending("a", 100));
   ASSERT_EQ(ids.size(), 5u);
+  ASSERT_TRUE(s.read_pending("a", 100).empty());  // settles the read floor past every row
   db.exec("UPDATE appointment_relay.outbox SET captured_at = now() - interval '10 days' WHERE id <> " +
           std::to_string(ids[2]));
   s.record({{ids[0], "a", delivery_state::delivered, 1, 1, 1, {}, "", ""},

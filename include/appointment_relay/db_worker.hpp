@@ -31,9 +31,9 @@ struct db_worker_settings {
 struct db_worker_callbacks {
   // All run on the io executor.
   std::function<void(std::string installation_id)> on_active;  // leadership (re)gained; read positions reset
-  std::function<void()> on_standby;   // connected, but another instance holds the leadership
   std::function<void()> on_inactive;  // connection lost (or not yet leader): stop sending new work
   std::function<void()> on_wake;      // new rows may be there: NOTIFY, poll tick, catch-up after (re)connect
+  std::function<void()> on_standby;   // connected, but another instance holds the leadership
 };
 
 class db_worker : public event_source {
@@ -46,6 +46,8 @@ class db_worker : public event_source {
   // Queues outcomes to write (batched with others); kept across reconnects until written.
   void record(std::vector<delivery_update> updates,
               std::map<std::string, std::int64_t> done_through) override = 0;
+  // The configured endpoints changed (SIGHUP): retention and the backlog figures follow them.
+  virtual void set_endpoints(std::vector<std::string> names) = 0;
   // Writes what is queued, then ends the thread. Idempotent; blocks for at most the given time.
   virtual void stop(std::chrono::milliseconds flush_deadline) = 0;
 };

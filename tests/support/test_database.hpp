@@ -37,13 +37,13 @@ class scratch_database {
 }  // namespace appointment_relay::testing
 
 // In a TEST body or SetUp: skip (or fail under scripts/test.sh) when no test database is configured.
-#define AR_REQUIRE_DATABASE()                                                                          \
-  do {                                                                                                 \
-    if (!::appointment_relay::testing::test_database_url()) {                                          \
-      if (::appointment_relay::testing::database_required())                                           \
+#define AR_REQUIRE_DATABASE()                                                                               \
+  do {                                                                                                      \
+    if (!::appointment_relay::testing::test_database_url()) {                                               \
+      if (::appointment_relay::testing::database_required())                                                \
         FAIL() << "APPOINTMENT_RELAY_TEST_DATABASE_URL is not set but APPOINTMENT_RELAY_TEST_REQUIRE_DB=1"; \
-      GTEST_SKIP() << "APPOINTMENT_RELAY_TEST_DATABASE_URL is not set";                                \
-    }                                                                                                  \
+      GTEST_SKIP() << "APPOINTMENT_RELAY_TEST_DATABASE_URL is not set";                                     \
+    }                                                                                                       \
   } while (false)
 
 namespace appointment_relay::testing {
