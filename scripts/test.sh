@@ -34,6 +34,8 @@ run_suite() {  # build-dir, extra cmake args...
 
 echo "== normal build"
 run_suite build
+echo "== benchmark smoke run (scripts/bench.sh --quick: tiny sizes, checks that every event is delivered)"
+BENCH_SKIP_DEPS=1 BENCH_BUILD_DIR=build scripts/bench.sh --quick
 if [ $quick -eq 0 ]; then
   echo "== AddressSanitizer + UndefinedBehaviorSanitizer build"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_suite build-asan -DAPPOINTMENT_RELAY_SANITIZE=ON -DAPPOINTMENT_RELAY_BENCH=OFF

@@ -1,0 +1,424 @@
+#!/usr/bin/env bash
+# The benchmarks of issue 7: builds in Release, starts a throwaway PostgreSQL and the fast receiver
+# (appointment-relay-receiver), runs the relay as a separate process, and measures capture overhead,
+# end-to-end throughput, commit-to-receipt latency, backlog drain, the relay's CPU per event and peak RSS,
+# and the classifier alone. Prints one table (each figure beside its target) and writes it to
+# bench/results/latest.md and a dated copy.
+#   scripts/bench.sh            the full run (a few minutes), build dir build-release (Release)
+#   scripts/bench.sh --quick    tiny sizes, a few seconds, build dir build; results in a temporary folder;
+#                               fails when an event is not delivered (scripts/test.sh runs it)
+#   scripts/bench.sh --profile  also profiles the relay (perf record) during an extra, unmeasured drain
+#   BENCH_BUILD_DIR=dir         use that build dir instead
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+quick=0
+profile=0
+for a in "$@"; do
+  case "$a" in
+  --quick) quick=1 ;;
+  --profile) profile=1 ;;
+  *) echo "usage: scripts/bench.sh [--quick] [--profile]" >&2; exit 2 ;;
+  esac
+done
+
+if [ $quick -eq 1 ]; then
+  build=${BENCH_BUILD_DIR:-build}
+  build_type=RelWithDebInfo
+  capture_seconds=1; capture_rounds=1
+  latency_rate=300; latency_seconds=2
+  flood_seconds=2; flood_warmup=0.5
+  drain_small=500; drain_events=2000
+  bench_min_time=0.01
+  wait_limit=60
+else
+  build=${BENCH_BUILD_DIR:-build-release}
+  build_type=Release
+  capture_seconds=5; capture_rounds=3
+  latency_rate=300; latency_seconds=30
+  flood_seconds=15; flood_warmup=2
+  drain_small=20000; drain_events=100000
+  bench_min_time=0.5
+  wait_limit=300
+fi
+
+[ -n "${BENCH_SKIP_DEPS:-}" ] || scripts/install-deps.sh
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  # -Wno-restrict: g++ 12 at -O3 reports a false -Wrestrict inside libstdc++'s char_traits (config.cpp).
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=$build_type -DCMAKE_CXX_FLAGS=-Wno-restrict >/dev/null
+fi
+cmake --build "$build" -j "$(nproc)" --target appointment-relay appointment-relay-receiver bench_producer \
+  $( [ -n "$(grep -s '^benchmark_DIR:PATH=/' "$build/CMakeCache.txt")" ] && echo classifier_bench ) >/dev/null
+build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
+relay=$root/$build/appointment-relay
+receiver_bin=$root/$build/appointment-relay-receiver
+producer=$root/$build/bench/bench_producer
+classifier_bench=$root/$build/bench/classifier_bench
+
+work=$(mktemp -d /tmp/appointment-relay-bench.XXXXXX)
+pgdir=$(mktemp -d /tmp/appointment-relay-bench-pg.XXXXXX)
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do
+    if kill -0 "$p" 2>/dev/null; then kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; fi
+  done
+  scripts/pg-cluster.sh stop "$pgdir" || true
+  [ -n "${BENCH_KEEP_WORK:-}" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+log() { echo "bench: $*" >&2; }
+fail() { echo "bench: FAILED: $*" >&2; exit 1; }
+
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+"$producer" jitter --seconds 1 >"$work/jitter-start.result"
+server=$(scripts/pg-cluster.sh start "$pgdir")
+base=${server%/postgres}
+log "PostgreSQL at $server, work in $work"
+
+# new_db NAME [migrate]: a database with the Canvas schema, migrated for the relay when asked.
+new_db() {
+  psql -q "$server" -c "CREATE DATABASE $1" >/dev/null
+  for f in sql/canvas/*.sql; do psql -q -v ON_ERROR_STOP=1 "$base/$1" -f "$f" >/dev/null; done
+  if [ "${2:-}" = migrate ]; then
+    APPOINTMENT_RELAY_DATABASE_URL="$base/$1" APPOINTMENT_RELAY_LOG_LEVEL=warn "$relay" migrate >"$work/migrate-$1.log" 2>&1 \
+      || { cat "$work/migrate-$1.log" >&2; fail "migrate $1"; }
+  fi
+}
+sql() { psql -qtA -v ON_ERROR_STOP=1 "$base/$1" -c "$2"; }
+delivered() { sql "$1" "SELECT count(*) FROM appointment_relay.delivery WHERE state = 'delivered'"; }
+
+# start_receiver RECORD: sets receiver_pid and receiver_port.
+start_receiver() {
+  local out=$work/receiver-$RANDOM.out
+  : >"$out"
+  "$receiver_bin" --listen 127.0.0.1:0 --quiet --record "$1" >"$out" 2>&1 &
+  receiver_pid=$!
+  pids+=("$receiver_pid")
+  for _ in $(seq 1 100); do
+    receiver_port=$(sed -n 's/.*listening on .* port \([0-9]*\).*/\1/p' "$out")
+    [ -n "$receiver_port" ] && return 0
+    sleep 0.05
+  done
+  cat "$out" >&2
+  fail "the receiver did not start"
+}
+stop_receiver() {
+  kill -TERM "$receiver_pid"
+  wait "$receiver_pid" || fail "the receiver exited with $?"
+}
+
+# start_relay DB LOG [LEVEL]: sets relay_pid and relay_started_ns.
+start_relay() {
+  relay_started_ns=$(date +%s%N)
+  APPOINTMENT_RELAY_DATABASE_URL="$base/$1" \
+    APPOINTMENT_RELAY_ENDPOINT_URL="http://127.0.0.1:$receiver_port/webhooks" \
+    APPOINTMENT_RELAY_ADMIN_LISTEN=127.0.0.1:0 \
+    APPOINTMENT_RELAY_LOG_LEVEL=${3:-warn} \
+    "$relay" run >"$2" 2>&1 &
+  relay_pid=$!
+  pids+=("$relay_pid")
+}
+stop_relay() {
+  kill -TERM "$relay_pid" 2>/dev/null || true
+  wait "$relay_pid" || log "the relay exited with $? (log: $(tail -n 3 "$1" | tr '\n' ' '))"
+}
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# PostgreSQL's CPU: the postmaster with its reaped children, plus its live children.
+pg_ticks() {
+  local pm
+  pm=$(head -n 1 "$pgdir/data/postmaster.pid")
+  { awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat"
+    for c in $(ps -o pid= --ppid "$pm"); do awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || true; done
+  } | awk '{s += $1} END {print s}'
+}
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }  # all cores: user nice system irq softirq
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+tick=$(getconf CLK_TCK)
+
+# wait_delivered DB N [INTERVAL]: until N events are delivered (fails after wait_limit seconds).
+wait_delivered() {
+  local deadline=$(($(date +%s) + wait_limit)) n
+  while :; do
+    n=$(delivered "$1")
+    [ "$n" -ge "$2" ] && return 0
+    kill -0 "$relay_pid" 2>/dev/null || fail "the relay died (log: $(tail -n 5 "$work/relay-$1.log" | tr '\n' ' '))"
+    [ "$(date +%s)" -lt $deadline ] || fail "$1: only $n of $2 events delivered after ${wait_limit}s"
+    sleep "${3:-0.05}"
+  done
+}
+kv() { sed -n "s/^$2=//p" "$1"; }  # kv FILE KEY
+
+# A first event through the whole pipeline: the relay is connected and listening once it is delivered.
+warm_up() {
+  sql "$1" "SELECT canvas_test.book_appointment(canvas_test.create_patient(), now() + interval '1 day', 30)" >/dev/null
+  wait_delivered "$1" 1 0.02
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. Capture overhead: single-row insert transactions with and without the relay's triggers (no relay
+#    running: the triggers' cost alone).
+log "1. capture overhead (pgbench, ${capture_rounds}x${capture_seconds}s each way, synchronous_commit off)"
+cat >"$work/appointment.sql" <<'EOF'
+\set n random(50001, 400000)
+INSERT INTO api_appointment (patient_id, note_id, start_time, duration_minutes, status) VALUES (1 + :n % 1000, :n, now() + interval '1 day', 30, 'confirmed');
+EOF
+cat >"$work/state.sql" <<'EOF'
+\set n random(1, 50000)
+\set s random(1, 4)
+INSERT INTO api_notestatechangeevent (note_id, state) VALUES (:n, (ARRAY['CLD', 'RVT', 'CVD', 'NSW'])[:s]);
+EOF
+for d in cap_plain cap_relay; do
+  new_db $d
+  sql $d "INSERT INTO api_patient (key) SELECT md5(g::text) FROM generate_series(1, 1000) g;
+          INSERT INTO api_note (patient_id) SELECT 1 + g % 1000 FROM generate_series(1, 400000) g;
+          INSERT INTO api_appointment (patient_id, note_id, start_time, duration_minutes, status)
+            SELECT 1 + g % 1000, g, now(), 30, 'confirmed' FROM generate_series(1, 50000) g;" >/dev/null
+  psql -q "$base/$d" -c "VACUUM ANALYZE" >/dev/null
+done
+new_db_migrate_only() {
+  APPOINTMENT_RELAY_DATABASE_URL="$base/$1" APPOINTMENT_RELAY_LOG_LEVEL=warn "$relay" migrate >"$work/migrate-$1.log" 2>&1 \
+    || { cat "$work/migrate-$1.log" >&2; fail "migrate $1"; }
+}
+new_db_migrate_only cap_relay
+# pgb DB [synchronous_commit] -> tps. A checkpoint first, so that none lands in one run and not the other.
+pgb() {
+  psql -q "$server" -c "CHECKPOINT" >/dev/null
+  PGOPTIONS="-c synchronous_commit=${2:-off}" pgbench -n -f "$work/appointment.sql@1" -f "$work/state.sql@1" \
+    -T "$capture_seconds" -c 2 -j 2 "$base/$1" 2>&1 | tee -a "$work/pgbench.log" | sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+}
+median() { sort -n | awk '{v[NR] = $1} END {printf "%.0f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+plain_tps=(); relay_tps=()
+for _ in $(seq 1 $capture_rounds); do
+  plain_tps+=("$(pgb cap_plain)")
+  relay_tps+=("$(pgb cap_relay)")
+done
+outbox_rows=$(sql cap_relay "SELECT count(*) FROM appointment_relay.outbox")
+[ "$outbox_rows" -gt 0 ] || fail "the triggers captured nothing in cap_relay"
+plain=$(printf '%s\n' "${plain_tps[@]}" | median)
+with=$(printf '%s\n' "${relay_tps[@]}" | median)
+overhead=$(awk -v a="$plain" -v b="$with" 'BEGIN {printf "%.1f", (1 - b / a) * 100}')
+sync_note=""
+sync_overhead=""
+if [ $quick -eq 0 ]; then  # the same with durable commits (Canvas's setting): bound by the disk's flush time
+  sync_plain_tps=(); sync_relay_tps=()
+  for _ in $(seq 1 $capture_rounds); do
+    sync_plain_tps+=("$(pgb cap_plain on)")
+    sync_relay_tps+=("$(pgb cap_relay on)")
+  done
+  sync_plain=$(printf '%s\n' "${sync_plain_tps[@]}" | median)
+  sync_relay=$(printf '%s\n' "${sync_relay_tps[@]}" | median)
+  sync_overhead=$(awk -v a="$sync_plain" -v b="$sync_relay" 'BEGIN {printf "%.1f", (1 - b / a) * 100}')
+  sync_note="Durable commits (synchronous_commit on, fsync on): tps without triggers ${sync_plain_tps[*]}; with ${sync_relay_tps[*]}."
+fi
+log "   without triggers ${plain_tps[*]} tps, with ${relay_tps[*]} tps: overhead $overhead%"
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. Latency (and the CPU per event under a steady stream): 300 changes/s on one connection.
+# latency_run DB LEVEL SECONDS: sets stream_cpu_us and lat_hwm; results in $work/DB.result.
+latency_run() {
+  local d=$1 cpu0 cpu1 n
+  new_db "$d" migrate
+  start_receiver "$work/$d.received"
+  start_relay "$d" "$work/relay-$d.log" "$2"
+  warm_up "$d"
+  cpu0=$(cpu_ticks "$relay_pid")
+  "$producer" stream --db "$base/$d" --rate $latency_rate --seconds "$3" --out "$work/$d.commits" \
+    >"$work/$d.produced" || fail "producer (stream)"
+  n=$(kv "$work/$d.produced" notifiable)
+  wait_delivered "$d" $((n + 1)) 0.05
+  cpu1=$(cpu_ticks "$relay_pid")
+  lat_hwm=$(hwm_kb "$relay_pid")
+  stop_relay "$work/relay-$d.log"
+  stop_receiver
+  psql -qtA -F $'\t' "$base/$d" -c "SELECT id, (extract(epoch FROM captured_at) * 1e6)::bigint FROM appointment_relay.outbox" \
+    >"$work/$d.captured"
+  "$producer" latency --commits "$work/$d.commits" --received "$work/$d.received" --captured "$work/$d.captured" \
+    >"$work/$d.result" \
+    || { cat "$work/$d.result" >&2; fail "latency: events missing"; }
+  stream_cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v n="$n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  log "   $(tr '\n' ' ' <"$work/$d.result") cpu/event ${stream_cpu_us}us"
+}
+log "3. latency: $latency_rate changes/s for ${latency_seconds}s"
+latency_run lat warn $latency_seconds
+lat_n=$(kv "$work/lat.produced" notifiable)
+info_note=""
+if [ $quick -eq 0 ]; then
+  info_seconds=10
+  log "3b. the same at log level info, ${info_seconds}s (for the record)"
+  saved_cpu=$stream_cpu_us; saved_hwm=$lat_hwm
+  latency_run lat_info info $info_seconds
+  info_note="At log level info (${info_seconds}s, one info line per delivered event): p50 $(kv "$work/lat_info.result" p50_us) µs, p99 $(kv "$work/lat_info.result" p99_us) µs, max $(kv "$work/lat_info.result" max_us) µs, relay CPU $stream_cpu_us µs per event, VmHWM $lat_hwm kB."
+  stream_cpu_us=$saved_cpu; lat_hwm=$saved_hwm
+fi
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. End-to-end throughput: two producer connections flat out while the relay delivers.
+log "2. throughput: 2 connections flat out for ${flood_seconds}s"
+new_db flood migrate
+start_receiver "$work/flood.received"
+start_relay flood "$work/relay-flood.log"
+warm_up flood
+cpu0=$(cpu_ticks "$relay_pid"); pg0=$(pg_ticks); busy0=$(busy_ticks); t0=$(date +%s%N)
+"$producer" flood --db "$base/flood" --connections 2 --seconds $flood_seconds --out "$work/flood.commits" \
+  >"$work/flood.produced" || fail "producer (flood)"
+flood_n=$(kv "$work/flood.produced" notifiable)
+wait_delivered flood $((flood_n + 1)) 0.05
+cpu1=$(cpu_ticks "$relay_pid"); pg1=$(pg_ticks); busy1=$(busy_ticks); t1=$(date +%s%N)
+flood_split=$(awk -v w=$((t1 - t0)) -v r=$((cpu1 - cpu0)) -v p=$((pg1 - pg0)) -v b=$((busy1 - busy0)) \
+  -v hz="$tick" -v n="$(nproc)" 'BEGIN {s = w / 1e9 * hz / 100; printf "relay %.0f %%, PostgreSQL %.0f %%, whole machine %.0f %% (of %d %%)", r / s, p / s, b / s, n * 100}')
+flood_hwm=$(hwm_kb "$relay_pid")
+stop_relay "$work/relay-flood.log"
+stop_receiver
+"$producer" throughput --commits "$work/flood.commits" --received "$work/flood.received" \
+  --warmup-seconds $flood_warmup >"$work/flood.result" || { cat "$work/flood.result" >&2; fail "throughput: events missing"; }
+flood_cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v n="$flood_n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+log "   $(tr '\n' ' ' <"$work/flood.result") cpu/event ${flood_cpu_us}us"
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Backlog drain (and CPU per event while draining, peak RSS): N pending events, then the relay starts.
+# drain NAME EVENTS: sets drain_rate, drain_cpu_us, drain_hwm, drain_insert_s.
+drain() {
+  local d=$1 n=$2
+  new_db "$d" migrate
+  "$producer" backlog --db "$base/$d" --events "$n" >"$work/$d.produced" || fail "producer (backlog)"
+  drain_insert_s=$(kv "$work/$d.produced" seconds)
+  psql -q "$base/$d" -c "VACUUM ANALYZE" >/dev/null
+  start_receiver "$work/$d.received"
+  local pg0 busy0 t0 pg1 busy1 t1 relay_t recv_t
+  pg0=$(pg_ticks); busy0=$(busy_ticks)
+  start_relay "$d" "$work/relay-$d.log"
+  t0=$relay_started_ns
+  if [ "${3:-}" = profile ]; then
+    perf record -F 1999 -p "$relay_pid" -o "$work/perf.data" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
+  wait_delivered "$d" "$n" 0.1
+  t1=$(date +%s%N); relay_t=$(cpu_ticks "$relay_pid"); recv_t=$(cpu_ticks "$receiver_pid")
+  pg1=$(pg_ticks); busy1=$(busy_ticks)
+  drain_cpu_us=$(awk -v t="$relay_t" -v n="$n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  drain_hwm=$(hwm_kb "$relay_pid")
+  # Who used the CPU from relay start until all was recorded delivered, in % of one core.
+  drain_split=$(awk -v w=$((t1 - t0)) -v r="$relay_t" -v p=$((pg1 - pg0)) -v c="$recv_t" -v b=$((busy1 - busy0)) \
+    -v hz="$tick" -v n="$(nproc)" 'BEGIN {s = w / 1e9 * hz / 100; printf "relay %.0f %%, PostgreSQL %.0f %%, receiver %.0f %%, whole machine %.0f %% (of %d %%) over %.2f s", r / s, p / s, c / s, b / s, n * 100, w / 1e9}')
+  [ "${3:-}" = profile ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
+  stop_relay "$work/relay-$d.log"
+  stop_receiver
+  "$producer" drain --received "$work/$d.received" --since "$relay_started_ns" --expect "$n" >"$work/$d.result" \
+    || { cat "$work/$d.result" >&2; fail "drain: events missing"; }
+  drain_rate=$(kv "$work/$d.result" per_s)
+  log "   $(tr '\n' ' ' <"$work/$d.result") cpu/event ${drain_cpu_us}us (incl. start-up), VmHWM ${drain_hwm} kB"
+  log "   CPU over the drain: $drain_split"
+}
+log "4. backlog drain: $drain_small then $drain_events pending events"
+drain drain_small $drain_small
+small_rate=$drain_rate; small_cpu_us=$drain_cpu_us; small_hwm=$drain_hwm
+drain drain_big $drain_events
+big_insert_s=$drain_insert_s; big_split=$drain_split
+big_rate=$drain_rate; big_cpu_us=$drain_cpu_us; big_hwm=$drain_hwm
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. The classifier alone.
+classifier_ns=n/a
+if [ -x "$classifier_bench" ]; then
+  log "6. classifier (Google Benchmark)"
+  "$classifier_bench" --benchmark_min_time=$bench_min_time --benchmark_format=console >"$work/classifier.txt" 2>/dev/null \
+    || fail "classifier_bench"
+  classifier_ns=$(awk '$1 == "BM_created" {print $4}' "$work/classifier.txt")  # CPU time
+fi
+
+profile_note=""
+if [ $profile -eq 1 ]; then
+  if command -v perf >/dev/null; then
+    log "profile: perf record on the relay during an extra drain of $drain_events events"
+    drain drain_profile $drain_events profile
+    { echo "perf record -F 1999 -p <relay> during a drain of $drain_events events ($build_type build); self time."
+      echo; echo "== by shared object"
+      perf report -i "$work/perf.data" --stdio --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | sed -E 's/[[:space:]]+$//' | head -n 15
+      echo; echo "== by symbol (at least 0.7 %)"
+      perf report -i "$work/perf.data" --stdio --sort dso,symbol --percent-limit 0.7 2>/dev/null \
+        | grep -v '^#' | grep -v '^$' | sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//' | cut -c1-240 | head -n 80
+    } >"$work/profile-drain.txt" || true
+    profile_note="profile-drain.txt"
+  else
+    log "profile: perf not installed, skipped"
+  fi
+fi
+
+# ---------------------------------------------------------------------------------------------------------
+# The table.
+lat_p50=$(kv "$work/lat.result" p50_us); lat_p99=$(kv "$work/lat.result" p99_us); lat_max=$(kv "$work/lat.result" max_us)
+ratio=$(kv "$work/flood.result" ratio)
+ms() { awk -v u="$1" 'BEGIN {printf "%.3f ms", u / 1000}'; }
+mb() { awk -v k="$1" 'BEGIN {printf "%.1f MB", k / 1024}'; }
+verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "<=") ? v <= t : v >= t; print ok ? "met" : "**missed**"}'; }
+peak_hwm=$small_hwm
+for h in "$big_hwm" "$lat_hwm" "$flood_hwm"; do [ "$h" -gt "$peak_hwm" ] && peak_hwm=$h; done
+hwm_growth=$(awk -v a="$small_hwm" -v b="$big_hwm" 'BEGIN {printf "%.1f", (b - a) / 1024}')
+
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+mem=$(awk '/^MemTotal/ {printf "%.1f GB", $2 / 1048576}' /proc/meminfo)
+pg_version=$(sql postgres "SHOW server_version")
+when=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || commit="$commit (modified)"
+mode=$([ $quick -eq 1 ] && echo "quick (tiny sizes: a smoke run, not a measurement)" || echo full)
+
+report=$work/report.md
+{
+  echo "# appointment-relay benchmarks"
+  echo
+  echo "$when, commit $commit, $build_type build, run: $mode."
+  echo
+  echo "Machine: $(nproc) cores ($cpu_model), $mem RAM, Linux $(uname -r), PostgreSQL $pg_version (fsync on,"
+  echo "throwaway cluster); PostgreSQL, producer, relay and receiver share the cores. Load average (1, 5, 15 min)"
+  echo "at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (above 0.5: other work shared the machine)."
+  echo "Scheduling delay before the run (a thread sleeping 1 ms wakes late by): p50 $(kv "$work/jitter-start.result" late_p50_us) µs, p99 $(kv "$work/jitter-start.result" late_p99_us) µs, max $(kv "$work/jitter-start.result" late_max_us) µs."
+  echo
+  echo "| # | measure | result | target | verdict | Node.js bar |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  echo "| 1 | capture overhead: insert tps with triggers vs without, synchronous_commit off (CPU-bound) | $overhead % ($with vs $plain tps) | at most 10 % | $(verdict "$overhead" "<=" 10) | |"
+  [ -n "$sync_overhead" ] && echo "| 1 | the same with durable commits (synchronous_commit on: flush-bound) | $sync_overhead % ($sync_relay vs $sync_plain tps) | at most 10 % | $(verdict "$sync_overhead" "<=" 10) | |"
+  echo "| 2 | throughput: delivered/s over committed notifiable/s, 2 producers flat out | $ratio ($(kv "$work/flood.result" delivered_per_s) vs $(kv "$work/flood.result" committed_per_s) per s) | at least 0.98 | $(verdict "$ratio" ">=" 0.98) | |"
+  echo "| 3 | latency at $latency_rate changes/s, commit to receipt, p50 | $(ms "$lat_p50") | at most 0.5 ms | $(verdict "$lat_p50" "<=" 500) | 0.6-1.1 ms |"
+  echo "| 3 | latency p99 | $(ms "$lat_p99") | at most 2 ms | $(verdict "$lat_p99" "<=" 2000) | 3.4-4.5 ms |"
+  echo "| 3 | latency max | $(ms "$lat_max") | | | |"
+  echo "| 3 | the same from the trigger's clock (before COMMIT), p50 / p99 / max | $(ms "$(kv "$work/lat.result" capture_p50_us)") / $(ms "$(kv "$work/lat.result" capture_p99_us)") / $(ms "$(kv "$work/lat.result" capture_max_us)") | | | |"
+  echo "| 4 | backlog drain, $drain_events events, from relay start | $big_rate events/s | at least 30,000/s | $(verdict "$big_rate" ">=" 30000) | 10,000-14,000/s |"
+  echo "| 5 | relay CPU per event while draining | $big_cpu_us µs | at most 15 µs | $(verdict "$big_cpu_us" "<=" 15) | 50-85 µs |"
+  echo "| 5 | relay CPU per event, steady stream ($latency_rate/s) | $stream_cpu_us µs | below 270 µs | $(verdict "$stream_cpu_us" "<=" 270) | 270-300 µs |"
+  echo "| 5 | relay peak RSS (VmHWM), largest of the measured runs | $(mb "$peak_hwm") | at most 20 MB | $(verdict "$((peak_hwm / 1024))" "<=" 20) | 92-147 MB |"
+  echo "| 5 | peak RSS flat: backlog $drain_small vs $drain_events | $(mb "$small_hwm") vs $(mb "$big_hwm") (+$hwm_growth MB) | flat | $(verdict "$hwm_growth" "<=" 2) | |"
+  echo "| 6 | classifier alone, created payload (JSON included) | $classifier_ns ns/change | | | |"
+  echo
+  echo "Details:"
+  echo
+  echo "- Capture: pgbench -c 2 -j 2, ${capture_seconds}s per run, ${capture_rounds} alternating rounds (medians in the table), single-row inserts (half api_appointment, half api_notestatechangeevent with CLD/RVT/CVD/NSW), synchronous_commit off so that the transactions' own work is measured and not the disk's flush time (the stricter measure: a flush-bound rate hides the triggers); a CHECKPOINT before each run; no relay running (the triggers' cost alone). tps without triggers: ${plain_tps[*]}; with: ${relay_tps[*]}. $sync_note"
+  echo "- Latency: $(kv "$work/lat.produced" changes) changes, $lat_n notifiable (cycle per appointment: created, BKD, cancelled, reverted, rescheduled, checked_in); p90 $(ms "$(kv "$work/lat.result" p90_us)"), mean $(ms "$(kv "$work/lat.result" mean_us)"), min $(ms "$(kv "$work/lat.result" min_us)") (negative: the webhook arrived before the producer, descheduled after its COMMIT returned, read its clock; the row above measures from the capturing trigger's clock_timestamp() instead, which is before the COMMIT and its WAL flush); missing $(kv "$work/lat.result" missing), duplicates $(kv "$work/lat.result" duplicates). Commit time: producer's clock right after COMMIT returns; receipt: the receiver's clock when the request is read."
+  echo "- Throughput: $(kv "$work/flood.produced" changes) changes, $flood_n notifiable in $(kv "$work/flood.produced" seconds)s; window from ${flood_warmup}s after the first commit to the last; last receipt $(kv "$work/flood.result" catch_up_ms) ms after the last commit; latency under this load p50 $(ms "$(kv "$work/flood.result" p50_us)"), p99 $(ms "$(kv "$work/flood.result" p99_us)"); relay CPU $flood_cpu_us µs per event; CPU use over the run (% of one core): $flood_split; VmHWM $(mb "$flood_hwm")."
+  echo "- Drain: $drain_events events (half created, half cancelled), inserted in ${big_insert_s}s in transactions of 10,000 rows before the relay starts; rate = events / (last receipt - relay start), start-up included; from the first receipt: $(kv "$work/drain_big.result" per_s_from_first)/s; first receipt $(kv "$work/drain_big.result" first_receipt_ms) ms after start. CPU from relay start to all recorded delivered: $big_split. Smaller backlog ($drain_small): $small_rate/s, $small_cpu_us µs per event. CPU per event: the relay's whole utime+stime (start-up included) over the events."
+  echo "- Steady stream: relay CPU (utime+stime) over the stream divided by its $lat_n notifiable events; VmHWM $(mb "$lat_hwm"). $info_note"
+  echo "- Relay at log level warn. Classifier: BM_created of bench/classifier_bench.cpp:"
+  echo
+  echo '```'
+  grep -E '^(BM_|Benchmark|-)' "$work/classifier.txt" 2>/dev/null || echo "(classifier_bench not built: Google Benchmark missing)"
+  echo '```'
+  [ -n "$profile_note" ] && echo && echo "Profile of the relay during a drain (perf record, self time): [profile-drain.txt](profile-drain.txt)."
+  [ $quick -eq 0 ] && echo && echo "What bounds the missed targets, with the evidence, and what would move them: [notes.md](notes.md)."
+} >"$report"
+
+echo
+cat "$report"
+if [ $quick -eq 0 ]; then
+  mkdir -p bench/results
+  stamp=$(date -u +%Y-%m-%d-%H%M)
+  cp "$report" bench/results/latest.md
+  cp "$report" "bench/results/$stamp.md"
+  [ -n "$profile_note" ] && cp "$work/profile-drain.txt" bench/results/profile-drain.txt
+  log "results written to bench/results/latest.md and bench/results/$stamp.md"
+else
+  out=$(mktemp -d /tmp/appointment-relay-bench-quick.XXXXXX)
+  cp "$report" "$out/latest.md"
+  log "quick run: every event delivered; table in $out/latest.md"
+fi
