@@ -189,7 +189,7 @@ test_http_server::test_http_server(test_server_options options)
       ctx.set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
     }
   }
-  const tcp::endpoint local(net::ip::make_address("127.0.0.1"), 0);
+  const tcp::endpoint local(net::ip::make_address("127.0.0.1"), options_.port);
   impl_->acceptor.open(local.protocol());
   impl_->acceptor.set_option(net::socket_base::reuse_address(true));
   impl_->acceptor.bind(local);

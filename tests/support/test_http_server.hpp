@@ -70,6 +70,7 @@ struct test_server_options {
   std::string key_file;        // PEM key (tls)
   std::string client_ca_file;  // tls: when set, a client certificate signed by this CA is required
   bool record = true;          // false: count requests but keep no copies (long benchmarks)
+  std::uint16_t port = 0;      // 0: a free port; else this one (a receiver restarted on the same address)
 };
 
 class test_http_server {
