@@ -176,9 +176,10 @@ void active_loop(state& s, store& db) {
   auto next_tick = steady::now() + s.settings.poll_interval;
   auto next_purge = steady::now() + std::chrono::seconds(5);
   for (;;) {
+    // Reads first: they are on the latency path, outcome writes are not.
+    if (!s.is_stopping()) run_fetches(s, db);
     write_records(s, db);
     if (s.is_stopping()) return;
-    run_fetches(s, db);
     if (db.take_notifications() > 0) s.post_wake();
 
     auto now = steady::now();

@@ -381,18 +381,22 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
     // One statement, so one snapshot: its xmin, the rows it sees and, when there are rows, a transaction id
     // assigned during the statement, hence after its snapshot (the horizon of read_position). One round trip.
     if (!impl_->read_prepared) {
-      impl_->conn.prepare("ar_read_pending",
-                          std::string("WITH snap AS MATERIALIZED (SELECT txid_snapshot_xmin(txid_current_snapshot()) "
-                                      "AS xmin), rows AS MATERIALIZED (SELECT ") +
-                              event_columns +
-                              " FROM appointment_relay.outbox o"
-                              " LEFT JOIN appointment_relay.delivery d ON d.event_id = o.id AND d.endpoint = $1"
-                              " WHERE o.id > $2 AND (d.state IS NULL OR d.state = 'retrying')"
-                              " AND NOT (o.id = ANY ($3::bigint[]))"
-                              " ORDER BY o.id LIMIT $4)"
-                              " SELECT rows.*, (SELECT xmin FROM snap),"
-                              " (SELECT CASE WHEN EXISTS (SELECT 1 FROM rows) THEN txid_current() END)"
-                              " FROM (SELECT 1) AS one LEFT JOIN rows ON true ORDER BY 1");
+      impl_->conn.prepare(
+          "ar_read_pending",
+          std::string("WITH snap AS MATERIALIZED (SELECT txid_snapshot_xmin(txid_current_snapshot()) "
+                      "AS xmin), rows AS MATERIALIZED (SELECT ") +
+              event_columns +
+              " FROM appointment_relay.outbox o"
+              // One index probe per outbox row (OFFSET 0 keeps the planner from turning it
+              // into a merge join that scans and sorts the whole delivery table each read).
+              " LEFT JOIN LATERAL (SELECT * FROM appointment_relay.delivery d"
+              "  WHERE d.event_id = o.id AND d.endpoint = $1 OFFSET 0) d ON true"
+              " WHERE o.id > $2 AND (d.state IS NULL OR d.state = 'retrying')"
+              " AND NOT (o.id = ANY ($3::bigint[]))"
+              " ORDER BY o.id LIMIT $4)"
+              " SELECT rows.*, (SELECT xmin FROM snap),"
+              " (SELECT CASE WHEN EXISTS (SELECT 1 FROM rows) THEN txid_current() END)"
+              " FROM (SELECT 1) AS one LEFT JOIN rows ON true ORDER BY 1");
       impl_->read_prepared = true;
     }
     pqxx::nontransaction tx(conn);
