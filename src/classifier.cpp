@@ -1,5 +1,7 @@
 #include "appointment_relay/classifier.hpp"
 
+#include "appointment_relay/json_escape.hpp"
+
 #include <array>
 
 namespace appointment_relay {
@@ -122,33 +124,11 @@ std::optional<notification_kind> notifying_state(std::string_view state) noexcep
   return std::nullopt;
 }
 
-// JSON string literal. The classifier only writes validated ids (hex digits and dashes), so the escapes are
-// a guard for whoever loosens the validation, not a path taken today.
+// JSON string literal. The classifier only writes validated ids (hex digits and dashes): the escapes are a
+// guard for whoever loosens the validation, not a path taken today.
 void append_json_string(std::string& out, std::string_view s) {
   out += '"';
-  const auto plain = [](char c) { return c != '"' && c != '\\' && static_cast<unsigned char>(c) >= 0x20; };
-  std::size_t run = 0;
-  while (run < s.size() && plain(s[run])) ++run;
-  out.append(s.data(), run);  // the whole id, in one copy, on the path taken
-  for (char c : s.substr(run)) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          constexpr std::string_view hex = "0123456789abcdef";
-          out += "\\u00";
-          out += hex[static_cast<unsigned char>(c) >> 4];
-          out += hex[static_cast<unsigned char>(c) & 0xf];
-        } else {
-          out += c;
-        }
-    }
-  }
+  append_json_escaped(s, out);
   out += '"';
 }
 

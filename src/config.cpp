@@ -1,5 +1,7 @@
 #include "appointment_relay/config.hpp"
 
+#include "appointment_relay/json_escape.hpp"
+
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -621,44 +623,12 @@ config finish(builder& b) {
   return std::move(b.cfg);
 }
 
-// A TOML basic string.
+// A TOML basic string: its escapes are JSON's.
 std::string quote(std::string_view s) {
   std::string out = "\"";
-  for (char ch : s) {
-    auto c = static_cast<unsigned char>(ch);
-    switch (ch) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7f) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += ch;
-        }
-    }
-  }
-  return out + "\"";
+  append_json_escaped(s, out);
+  out += '"';
+  return out;
 }
 
 std::string mask_uri(const std::string& url) {

@@ -9,6 +9,8 @@
 #include <spdlog/common.h>
 #include <spdlog/formatter.h>
 
+#include "appointment_relay/json_escape.hpp"
+
 namespace appointment_relay {
 
 // "trace", "debug", "info", "warn", "error", "critical", "off"; empty for anything else.
@@ -32,6 +34,5 @@ class json_formatter final : public spdlog::formatter {
 };
 
 // s as the inside of a JSON string (without the quotes), appended to out.
-void append_json_escaped(std::string_view s, std::string& out);
 
 }  // namespace appointment_relay
