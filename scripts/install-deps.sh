@@ -2,14 +2,21 @@
 # Installs what the build, the tests and the daemon need, from Debian 12's packages.
 # Idempotent, and quiet when everything is there. Used by scripts/test.sh, the quickstart and the Dockerfile.
 #   scripts/install-deps.sh           build + test + runtime
+#   scripts/install-deps.sh --build   what the build needs (the Dockerfile's build stage)
 #   scripts/install-deps.sh --runtime only what the daemon needs to run
 set -euo pipefail
 runtime=(libboost-system1.74.0 libpqxx-6.4 libspdlog1.10 libtomlplusplus3 libssl3 libsystemd0 ca-certificates)
 build=(g++ cmake ninja-build pkg-config make libboost-dev libboost-system-dev nlohmann-json3-dev libspdlog-dev
-  libpqxx-dev libssl-dev libgtest-dev libgmock-dev libbenchmark-dev libtomlplusplus-dev libsystemd-dev
-  postgresql postgresql-contrib openssl curl procps iproute2 clang libclang-rt-14-dev)
+  libpqxx-dev libssl-dev libtomlplusplus-dev libsystemd-dev)
+test=(libgtest-dev libgmock-dev libbenchmark-dev postgresql postgresql-contrib openssl curl procps iproute2 clang
+  libclang-rt-14-dev)
 want=("${runtime[@]}")
-[ "${1:-}" = "--runtime" ] || want+=("${build[@]}")
+case "${1:-}" in
+  --runtime) ;;
+  --build) want+=("${build[@]}") ;;
+  "") want+=("${build[@]}" "${test[@]}") ;;
+  *) echo "usage: $0 [--build|--runtime]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
