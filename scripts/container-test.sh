@@ -7,7 +7,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 image=${IMAGE:-appointment-relay:test}
-podman build -f docker/Dockerfile -t "$image" .
+# Docker image format: the OCI format has no HEALTHCHECK.
+podman build --format docker -f docker/Dockerfile -t "$image" .
 
 work=$(mktemp -d /tmp/appointment-relay-container.XXXXXX)
 chmod 755 "$work"
@@ -40,7 +41,8 @@ for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/
 psql -qtA "$db" -c "SELECT canvas_test.book_appointment(canvas_test.create_patient(), now(), 30)" >/dev/null
 for _ in $(seq 1 100); do podman logs "$name-rx" 2>&1 | grep -q 'signature ok' && break; sleep 0.1; done
 podman logs "$name-rx" 2>&1 | grep 'signature ok'
-podman healthcheck run "$name" && echo "container healthy"
+podman healthcheck run "$name" || { echo "container-test: the HEALTHCHECK failed" >&2; exit 1; }
+echo "container healthy"
 podman stop -t 15 "$name" >/dev/null
 podman logs "$name" 2>&1 | tail -n 3
 echo "container-test: ok"
