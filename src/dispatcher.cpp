@@ -58,6 +58,9 @@ struct item {
   std::optional<std::int64_t> first_attempt_ms;
   std::int64_t next_attempt_ms = 0;
   std::unique_ptr<steady_timer> timer;  // armed while the item waits for its next attempt
+  std::unique_ptr<steady_timer> guard;  // armed while an attempt is in flight (see send)
+  std::uint64_t attempt_token = 0;      // which attempt an answer belongs to
+  bool in_flight = false;
 };
 
 using item_ptr = std::shared_ptr<item>;
@@ -291,13 +294,31 @@ class lane : public std::enable_shared_from_this<lane> {
                   it->payload);
     metrics_.attempt(cfg_.name, to_string(it->kind));
     ++in_flight_;
+    it->in_flight = true;
+    auto token = ++it->attempt_token;
+    // The client answers every request within its own deadline. Should an answer ever go missing, the
+    // attempt still ends, as a retryable failure, rather than holding the event (and its appointment)
+    // forever.
+    if (!it->guard) it->guard = std::make_unique<steady_timer>(ex_);
+    it->guard->expires_after(cfg_.timeout + std::chrono::seconds(5));
+    it->guard->async_wait([self = shared_from_this(), gen = generation_, it, token](error_code ec) {
+      if (ec) return;
+      spdlog::error("event={} endpoint={}: no answer from the HTTP client past the request deadline", it->id,
+                    self->cfg_.name);
+      http_response_info lost;
+      lost.error = "no answer within the request deadline";
+      self->on_response(gen, it, token, std::move(lost));
+    });
     client_->post(it->payload, std::move(headers),
-                  [self = shared_from_this(), gen = generation_, it](http_response_info r) {
-                    self->on_response(gen, it, std::move(r));
+                  [self = shared_from_this(), gen = generation_, it, token](http_response_info r) {
+                    self->on_response(gen, it, token, std::move(r));
                   });
   }
 
-  void on_response(std::uint64_t gen, const item_ptr& it, http_response_info r) {
+  void on_response(std::uint64_t gen, const item_ptr& it, std::uint64_t token, http_response_info r) {
+    if (!it->in_flight || it->attempt_token != token) return;  // already ended by the guard
+    it->in_flight = false;
+    it->guard->cancel();
     --in_flight_;
     auto now_ms = unix_ms_now();
     attempt_result result{r.status, r.error, r.retry_after};
