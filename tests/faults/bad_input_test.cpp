@@ -25,10 +25,20 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// Files written by the tests, in a directory removed at exit.
+struct temp_dir {
+  std::filesystem::path path =
+      std::filesystem::temp_directory_path() / ("ar-bad-input-" + std::to_string(::getpid()));
+  temp_dir() { std::filesystem::create_directories(path); }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
 std::string write_temp(const std::string& name, const std::string& text) {
-  auto dir = std::filesystem::temp_directory_path() / ("ar-bad-input-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  auto path = dir / name;
+  static temp_dir dir;
+  auto path = dir.path / name;
   std::ofstream(path) << text;
   return path.string();
 }

@@ -46,6 +46,10 @@ class receiver {
     });
   }
 
+  ~receiver() { server_->stop(); }  // before the members its handler uses are gone
+  receiver(const receiver&) = delete;
+  receiver& operator=(const receiver&) = delete;
+
   void set_policy(policy p) {
     std::lock_guard lock(mutex_);
     policy_ = std::move(p);
@@ -165,11 +169,18 @@ TEST_F(relay_faults,
   EXPECT_LT(took, 3s + 2s) << "within relay.shutdown_timeout (3 s) and a margin";
   EXPECT_TRUE(relay->wait_for_log("SIGTERM received: draining", 0ms, before));
   EXPECT_TRUE(relay->wait_for_log("stopped", 0ms, before));
-  // Those it drained were answered 200 after 150 ms: they are delivered, not re-sent with another id.
+  EXPECT_EQ(relay->log().find("draining 0 requests", before), std::string::npos)
+      << "it had requests in flight";
+  EXPECT_EQ(relay->log().find("shutdown deadline reached", before), std::string::npos);
+  // The drained requests were answered (200 after 150 ms) and their outcome written before the exit: the
+  // restarted relay sends nothing twice.
   slow = false;
   relay = start_active(env);
   stream.join();
-  expect_delivered(stream.expected(), [&] { return rx.server().requests(); });
+  delivery_check_options once;
+  once.allow_duplicates = false;
+  expect_delivered(
+      stream.expected(), [&] { return rx.server().requests(); }, once);
 }
 
 TEST_F(relay_faults, should_reconnect_after_the_postgresql_server_restarts_mid_stream) {
@@ -276,7 +287,8 @@ TEST_F(relay_faults, should_dead_letter_a_kind_answered_400_show_it_in_status_an
   ASSERT_FALSE(no_shows.empty());
   delivery_check_options unordered;
   unordered.require_order = false;
-  expect_delivered(accepted_first, [&] { return rx.accepted(); }, unordered);
+  expect_delivered(
+      accepted_first, [&] { return rx.accepted(); }, unordered);
 
   environment cli_env = {{"APPOINTMENT_RELAY_DATABASE_URL", db_->url()},
                          {"APPOINTMENT_RELAY_ENDPOINT_URL", rx.url()}};
@@ -300,7 +312,8 @@ TEST_F(relay_faults, should_dead_letter_a_kind_answered_400_show_it_in_status_an
   EXPECT_EQ(replay.exit_code, 0) << replay.err;
   EXPECT_EQ(replay.out, std::to_string(no_shows.size()) + " dead letters back to pending\n");
   // A dead letter is out of its appointment's order by nature: the replayed no-show comes after the check-in.
-  expect_delivered(expected, [&] { return rx.accepted(); }, unordered);
+  expect_delivered(
+      expected, [&] { return rx.accepted(); }, unordered);
   auto after = nlohmann::json::parse(run_relay_command({"status", "--json"}, cli_env).out);
   EXPECT_TRUE(after[0]["dead_letters"].empty()) << after.dump();
 }

@@ -60,13 +60,8 @@ class player_state {
 
   // After a pause (the test may have restarted the server): a fresh connection when the old one is gone.
   // Only between actions, so an action is never played twice.
-  void ensure_connected() {
-    try {
-      tx_->exec("SELECT 1");
-    } catch (const pqxx::broken_connection&) {
-      connect();
-    }
-  }
+  // (Always a new one: a query on a connection the server dropped leaks a PGresult in libpqxx 6.4.)
+  void ensure_connected() { connect(); }
 
   // One action of the life (one SQL call, one transaction).
   void step(life& l) {

@@ -159,7 +159,8 @@ relay_process::~relay_process() {
     std::cerr << "---- relay pid " << pid_ << " log (last " << tail << " bytes of " << text.size()
               << ") ----\n"
               << (text.size() > tail ? text.substr(text.size() - tail) : text)
-              << "---- end of relay log ----\n";
+              << "---- end of relay log (kept: " << log_path_ << ") ----\n";
+    return;
   }
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
