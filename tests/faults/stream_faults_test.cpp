@@ -217,10 +217,12 @@ TEST_F(relay_faults, should_reconnect_when_its_connections_are_terminated_mid_st
   auto before = relay->log_size();
   for (int round = 1; round <= 3; ++round) {
     ASSERT_TRUE(stream.wait_for_actions(static_cast<std::size_t>(stream_lives() * round / 2), 60s));
+    auto offset = relay->log_size();
     EXPECT_GT(terminate_relay_backends(*db_), 0) << "round " << round;
-    std::this_thread::sleep_for(200ms);
+    EXPECT_TRUE(relay->wait_for_log("reconnecting", 10s, offset)) << "round " << round;
+    EXPECT_TRUE(relay->wait_for_log("this instance is active", 20s, offset)) << "round " << round;
   }
-  EXPECT_TRUE(relay->wait_for_log("reconnecting", 10s, before));
+  EXPECT_GT(relay->log_size(), before);
   stream.join();
   expect_delivered(stream.expected(), [&] { return rx.accepted(); });
   EXPECT_TRUE(relay->running());
