@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs the dependencies, builds, starts a throwaway PostgreSQL, runs every test in a
-# normal build and again under AddressSanitizer + UndefinedBehaviorSanitizer. Non-zero on any failure.
+# normal build and again under AddressSanitizer + UndefinedBehaviorSanitizer, then fuzzes (scripts/fuzz.sh). Non-zero on any failure.
 #   scripts/test.sh            everything
-#   scripts/test.sh --quick    the normal build only (a developer's loop)
+#   scripts/test.sh --quick    the normal build only (a developer's loop), no fuzzing
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -39,5 +39,7 @@ BENCH_SKIP_DEPS=1 BENCH_BUILD_DIR=build scripts/bench.sh --quick
 if [ $quick -eq 0 ]; then
   echo "== AddressSanitizer + UndefinedBehaviorSanitizer build"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 run_suite build-asan -DAPPOINTMENT_RELAY_SANITIZE=ON -DAPPOINTMENT_RELAY_BENCH=OFF
+  echo "== libFuzzer: config parser, outbox row decoding + classifier (60 s each)"
+  scripts/fuzz.sh
 fi
 echo "test.sh: all tests passed"

@@ -4,7 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -72,19 +72,26 @@ pid_t spawn(const std::vector<std::string>& args, const environment& env, const 
   for (auto& e : env_s) envp.push_back(e.data());
   envp.push_back(nullptr);
 
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-  if (err_path == out_path) {
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  } else {
-    posix_spawn_file_actions_addopen(&fa, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  // fork + exec rather than posix_spawn: the child must not inherit the test's other descriptors (a test
+  // server's listening socket would outlive its stop()), and it dies with the test process
+  // (PR_SET_PDEATHSIG) when a test crashes. Between fork and exec only async-signal-safe calls.
+  const pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) throw std::runtime_error("fork: " + std::string(std::strerror(errno)));
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+    int in = ::open("/dev/null", O_RDONLY);
+    int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    int err = err_path == out_path ? out : ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (in < 0 || out < 0 || err < 0) ::_exit(127);
+    ::dup2(in, 0);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    ::close_range(3, ~0U, 0);
+    ::execve(argv[0], argv.data(), envp.data());
+    ::_exit(127);
   }
-  pid_t pid = -1;
-  int rc = ::posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) throw std::runtime_error("posix_spawn " + argv_s[0] + ": " + std::strerror(rc));
   return pid;
 }
 
@@ -152,7 +159,8 @@ relay_process::~relay_process() {
     std::cerr << "---- relay pid " << pid_ << " log (last " << tail << " bytes of " << text.size()
               << ") ----\n"
               << (text.size() > tail ? text.substr(text.size() - tail) : text)
-              << "---- end of relay log ----\n";
+              << "---- end of relay log (kept: " << log_path_ << ") ----\n";
+    return;
   }
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);

@@ -15,9 +15,11 @@
 //
 // The environment: the test process's own, minus every APPOINTMENT_RELAY_* variable (the relay rejects
 // unknown APPOINTMENT_RELAY_* names, and a developer's shell may have some), plus the variables given.
-// stdin is /dev/null. stdout and stderr of `run` go to one log file in a temporary directory (removed with
-// the object; its path is kept in the test's output when the test failed). Not thread-safe: one test thread
-// drives one process.
+// stdin is /dev/null; no other descriptor of the test process is inherited. The child is killed (SIGKILL)
+// when the thread that started it ends (PR_SET_PDEATHSIG), so a crashed test leaves no daemon behind: start
+// it from the test's own thread, not from a short-lived one. stdout and stderr of `run` go to one log file in
+// a temporary directory (removed with the object, unless the test failed: then its tail is printed and the
+// file kept). Not thread-safe: one test thread drives one process.
 #include <sys/types.h>
 
 #include <chrono>

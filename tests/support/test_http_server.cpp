@@ -62,8 +62,8 @@ response_plan& response_plan::closing() {
 
 struct test_http_server::impl {
   test_http_server& owner;
+  std::optional<ssl::context> tls;  // outlives io: the sessions' TLS streams are destroyed with io
   net::io_context io{1};
-  std::optional<ssl::context> tls;
   tcp::acceptor acceptor{io};
 
   explicit impl(test_http_server& o) : owner(o) {}
@@ -211,6 +211,10 @@ void test_http_server::stop() {
   });
   impl_->io.stop();
   if (thread_.joinable()) thread_.join();
+  // io.stop() may have come before the posted close: the port must be free (connection refused) once
+  // stop() returns, and the connections cut. Destroying the io_context destroys the sessions and their
+  // sockets; nothing else uses impl_ after stop().
+  impl_.reset();
 }
 
 std::string test_http_server::url(std::string_view target) const {
