@@ -2,6 +2,8 @@
 //
 #include "appointment_relay/admin_server.hpp"
 
+#include "appointment_relay/listen_address.hpp"
+
 #include <atomic>
 #include <charconv>
 #include <optional>
@@ -22,35 +24,6 @@ constexpr std::uint64_t body_limit = 1024;
 // After an accept error other than cancellation (e.g. out of descriptors), wait before trying again
 // instead of spinning.
 constexpr auto accept_retry_delay = std::chrono::milliseconds(100);
-
-tcp::endpoint parse_listen(const std::string& listen) {
-  auto fail = [&](const std::string& why) {
-    return std::runtime_error("admin server: invalid listen address '" + listen + "': " + why);
-  };
-  const auto colon = listen.rfind(':');
-  if (colon == std::string::npos) throw fail("expected host:port");
-  std::string host = listen.substr(0, colon);
-  const std::string port_text = listen.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  } else if (host.find(':') != std::string::npos) {
-    throw fail("an IPv6 address must be in brackets, e.g. [::1]:9187");
-  }
-  unsigned port = 0;
-  const auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (port_text.empty() || ec != std::errc{} || end != port_text.data() + port_text.size() || port > 65535)
-    throw fail("port must be a number from 0 to 65535");
-  if (host.empty()) throw fail("missing host");
-  net::ip::address address;
-  if (host == "localhost") {
-    address = net::ip::address_v4::loopback();
-  } else {
-    error_code aec;
-    address = net::ip::make_address(host, aec);
-    if (aec) throw fail("'" + host + "' is not an IP address");
-  }
-  return {address, static_cast<std::uint16_t>(port)};
-}
 
 class session;
 
@@ -233,7 +206,12 @@ class admin_server_impl final : public admin_server {
   ~admin_server_impl() override { stop(); }
 
   void start() override {
-    const tcp::endpoint endpoint = parse_listen(state_->listen);
+    tcp::endpoint endpoint;
+    try {
+      endpoint = parse_listen_address(state_->listen);
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error(std::string("admin server: ") + e.what());
+    }
     auto& acceptor = state_->acceptor;
     error_code ec;
     auto check = [&](const char* what) {

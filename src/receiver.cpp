@@ -1,27 +1,11 @@
 #include "appointment_relay/receiver.hpp"
 
+#include "appointment_relay/listen_address.hpp"
+
 #include <charconv>
 #include <stdexcept>
 
 namespace appointment_relay {
-
-tcp::endpoint parse_listen_address(const std::string& text) {
-  auto colon = text.rfind(':');
-  if (colon == std::string::npos || colon + 1 == text.size())
-    throw std::invalid_argument("'" + text + "' is not host:port");
-  std::string host = text.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (host.empty() || host == "localhost") host = "127.0.0.1";
-  unsigned port = 0;
-  auto port_text = std::string_view(text).substr(colon + 1);
-  auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (ec != std::errc{} || end != port_text.data() + port_text.size() || port > 65535)
-    throw std::invalid_argument("'" + text + "': the port is not a number from 0 to 65535");
-  error_code aec;
-  auto address = net::ip::make_address(host, aec);
-  if (aec) throw std::invalid_argument("'" + text + "': '" + host + "' is not an IP address");
-  return {address, static_cast<unsigned short>(port)};
-}
 
 namespace {
 

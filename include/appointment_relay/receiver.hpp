@@ -42,7 +42,4 @@ class receiver {
 std::unique_ptr<receiver> make_receiver(executor ex, const receiver_options& options,
                                         std::function<void(received_webhook)> on_webhook);
 
-// "host:port", "[v6]:port" -> endpoint; throws std::invalid_argument with the reason.
-tcp::endpoint parse_listen_address(const std::string& text);
-
 }  // namespace appointment_relay
