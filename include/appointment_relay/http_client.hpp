@@ -26,15 +26,16 @@ struct tls_settings {
 
 struct http_client_options {
   int max_connections = 16;
-  std::chrono::milliseconds request_timeout{10000};  // whole request: resolve, connect, handshake, write, read
+  std::chrono::milliseconds request_timeout{
+      10000};  // whole request: resolve, connect, handshake, write, read
   std::size_t body_limit = 64 * 1024;
   std::string user_agent;  // "appointment-relay/<version>"
   tls_settings tls;
 };
 
 struct http_response_info {
-  int status = 0;            // 0: no response (see error)
-  std::string error;         // transport error: "connection refused", "timeout", "connection reset", "tls: ..."
+  int status = 0;     // 0: no response (see error)
+  std::string error;  // transport error: "connection refused", "timeout", "connection reset", "tls: ..."
   std::optional<std::string> retry_after;
   std::chrono::microseconds latency{0};  // from the request being taken up to its response being read
 };

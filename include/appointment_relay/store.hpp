@@ -72,8 +72,8 @@ class store {
   store(const store&) = delete;
   store& operator=(const store&) = delete;
 
-  // The daemon's own writes (delivery state, watermarks) do not wait for the WAL flush. A PostgreSQL crash may
-  // lose the last moments of them, never an event (captured by Canvas's own, durable transactions): the
+  // The daemon's own writes (delivery state, watermarks) do not wait for the WAL flush. A PostgreSQL crash
+  // may lose the last moments of them, never an event (captured by Canvas's own, durable transactions): the
   // worst outcome is a re-delivery with the same webhook-id. Not for one-shot commands such as replay.
   void use_asynchronous_commit();
 
