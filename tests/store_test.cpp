@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <set>
 #include <stdexcept>
 #include <thread>
 
+#include <unistd.h>
 #include <pqxx/pqxx>
 
 #include "support/test_database.hpp"
@@ -408,12 +410,36 @@ TEST(store, should_migrate_once_even_twice_or_concurrently) {
   std::thread t2([&] { r2 = migrate(db.url(), default_migrations_dir()); });
   t1.join();
   t2.join();
-  EXPECT_TRUE((r1 == std::vector<int>{1} && r2.empty()) || (r2 == std::vector<int>{1} && r1.empty()));
+  EXPECT_TRUE((r1 == std::vector<int>{1, 2} && r2.empty()) || (r2 == std::vector<int>{1, 2} && r1.empty()));
   EXPECT_TRUE(migrate(db.url(), default_migrations_dir()).empty());
-  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.schema_migrations"), "1");
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.schema_migrations"), "2");
   EXPECT_EQ(db.query_value("SELECT length(id) FROM appointment_relay.installation"), "12");
   store s(db.url());
   EXPECT_EQ(s.installation_id().size(), 12u);
+}
+
+TEST(store, should_upgrade_an_installation_of_the_first_migration_to_the_lighter_triggers) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db(false);
+  auto first_only = std::filesystem::temp_directory_path() / ("ar-migrations-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(first_only);
+  std::filesystem::copy_file(default_migrations_dir() / "0001_outbox.sql", first_only / "0001_outbox.sql",
+                             std::filesystem::copy_options::overwrite_existing);
+  EXPECT_EQ(migrate(db.url(), first_only), std::vector<int>{1});
+  std::filesystem::remove_all(first_only);
+  auto with_setting =
+      "SELECT count(*) FROM pg_proc WHERE pronamespace = 'appointment_relay'::regnamespace"
+      " AND proname LIKE 'capture%' AND proconfig IS NOT NULL";
+  EXPECT_EQ(db.query_value(with_setting), "2");
+  EXPECT_EQ(migrate(db.url(), default_migrations_dir()), std::vector<int>{2});
+  EXPECT_EQ(db.query_value(with_setting), "0");
+  // The replaced triggers still capture: a booking and its cancellation become two outbox rows.
+  db.exec(
+      "SELECT canvas_test.cancel(canvas_test.book_appointment(canvas_test.create_patient(),"
+      " now() + interval '1 day', 30))");
+  EXPECT_EQ(db.query_value(
+                "SELECT string_agg(coalesce(state, '-'), ',' ORDER BY id) FROM appointment_relay.outbox"),
+            "-,CLD");
 }
 
 TEST(store, should_connect_with_its_application_name_and_keepalives) {
