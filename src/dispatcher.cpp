@@ -58,8 +58,8 @@ struct item {
   std::optional<std::int64_t> first_attempt_ms;
   std::int64_t next_attempt_ms = 0;
   std::unique_ptr<steady_timer> timer;  // armed while the item waits for its next attempt
-  std::unique_ptr<steady_timer> guard;  // armed while an attempt is in flight (see send)
   std::uint64_t attempt_token = 0;      // which attempt an answer belongs to
+  std::size_t flight_slot = 0;          // its place in the lane's in-flight list while in flight
   bool in_flight = false;
 };
 
@@ -71,7 +71,12 @@ using item_ptr = std::shared_ptr<item>;
 class lane : public std::enable_shared_from_this<lane> {
  public:
   lane(executor ex, endpoint_config cfg, const dispatcher_settings& s, event_source& source, metrics& m)
-      : ex_(std::move(ex)), source_(source), metrics_(m), flush_timer_(ex_), rng_(std::random_device{}()) {
+      : ex_(std::move(ex)),
+        source_(source),
+        metrics_(m),
+        guard_timer_(ex_),
+        flush_timer_(ex_),
+        rng_(std::random_device{}()) {
     configure(std::move(cfg), s);
   }
 
@@ -170,6 +175,7 @@ class lane : public std::enable_shared_from_this<lane> {
     reported_done_ = -1;
     fetching_ = false;
     wake_pending_ = false;
+    unread_ = false;
   }
 
   // Every event up to this id is done here (none left in the window); empty before the first read.
@@ -179,12 +185,20 @@ class lane : public std::enable_shared_from_this<lane> {
     return read_top_;
   }
 
+  // Reads when there may be rows to read (the caller knows of new ones, or the last page was full) and the
+  // window has room for a page: a window that is merely not full waits until a page fits (or a quarter
+  // of it, whichever is less), so a backlog is read in pages, not an event at a time.
   void maybe_fetch() {
     if (!active_ || draining_ || fetching_) return;
-    if (window_.size() >= max_pending_) return;  // backpressure: read more once some are done
-    std::size_t limit = std::min(batch_, max_pending_ - window_.size());
+    const std::size_t room = max_pending_ - std::min(max_pending_, window_.size());
+    if (room < std::max<std::size_t>(1, std::min(batch_, max_pending_ / 4))) {
+      unread_ = true;  // backpressure: read once enough are done
+      return;
+    }
+    std::size_t limit = std::min(batch_, room);
     fetching_ = true;
     wake_pending_ = false;
+    unread_ = false;
     source_.fetch(cfg_.name, limit,
                   [self = shared_from_this(), gen = generation_, limit](std::vector<pending_event> events) {
                     self->on_fetched(gen, limit, std::move(events));
@@ -197,7 +211,8 @@ class lane : public std::enable_shared_from_this<lane> {
     for (auto& e : events) accept(std::move(e));
     pump();
     schedule_flush();
-    if (events.size() == limit || wake_pending_) maybe_fetch();
+    if (events.size() == limit) unread_ = true;  // a full page: more may follow
+    if (unread_ || wake_pending_) maybe_fetch();
   }
 
   void accept(pending_event e) {
@@ -299,26 +314,59 @@ class lane : public std::enable_shared_from_this<lane> {
     // The client answers every request within its own deadline. Should an answer ever go missing, the
     // attempt still ends, as a retryable failure, rather than holding the event (and its appointment)
     // forever.
-    if (!it->guard) it->guard = std::make_unique<steady_timer>(ex_);
-    it->guard->expires_after(cfg_.timeout + std::chrono::seconds(5));
-    it->guard->async_wait([self = shared_from_this(), gen = generation_, it, token](error_code ec) {
-      if (ec) return;
-      spdlog::error("event={} endpoint={}: no answer from the HTTP client past the request deadline", it->id,
-                    self->cfg_.name);
-      http_response_info lost;
-      lost.error = "no answer within the request deadline";
-      self->on_response(gen, it, token, std::move(lost));
-    });
+    // forever. One sweep timer per lane checks the attempts in flight, rather than a timer per attempt.
+    it->flight_slot = flights_.size();
+    flights_.push_back(
+        {it, generation_, token, std::chrono::steady_clock::now() + cfg_.timeout + std::chrono::seconds(5)});
+    arm_guard();
     client_->post(it->payload, std::move(headers),
                   [self = shared_from_this(), gen = generation_, it, token](http_response_info r) {
                     self->on_response(gen, it, token, std::move(r));
                   });
   }
 
+  // Removes an ended attempt from flights_ (the last one takes its place).
+  void forget_flight(item& it) {
+    const auto slot = it.flight_slot;
+    if (slot >= flights_.size() || flights_[slot].it.get() != &it) return;
+    if (slot + 1 != flights_.size()) {
+      flights_[slot] = std::move(flights_.back());
+      flights_[slot].it->flight_slot = slot;
+    }
+    flights_.pop_back();
+  }
+
+  void arm_guard() {
+    if (guard_armed_ || flights_.empty()) return;
+    guard_armed_ = true;
+    guard_timer_.expires_after(std::chrono::seconds(1));
+    guard_timer_.async_wait([self = shared_from_this()](error_code ec) {
+      self->guard_armed_ = false;
+      if (ec) return;
+      self->sweep_flights();
+    });
+  }
+
+  // Ends, as retryable failures, the attempts the HTTP client has not answered past their deadline.
+  void sweep_flights() {
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<flight> lost;
+    for (const auto& f : flights_)
+      if (f.deadline <= now) lost.push_back(f);
+    for (auto& f : lost) {
+      spdlog::error("event={} endpoint={}: no answer from the HTTP client past the request deadline",
+                    f.it->id, cfg_.name);
+      http_response_info r;
+      r.error = "no answer within the request deadline";
+      on_response(f.gen, f.it, f.token, std::move(r));
+    }
+    arm_guard();
+  }
+
   void on_response(std::uint64_t gen, const item_ptr& it, std::uint64_t token, http_response_info r) {
     if (!it->in_flight || it->attempt_token != token) return;  // already ended by the guard
     it->in_flight = false;
-    it->guard->cancel();
+    forget_flight(*it);
     --in_flight_;
     auto now_ms = unix_ms_now();
     attempt_result result{r.status, r.error, r.retry_after};
@@ -381,7 +429,8 @@ class lane : public std::enable_shared_from_this<lane> {
     }
     pump();
     schedule_flush();
-    maybe_fetch();
+    // Only when rows were left unread: new ones announce themselves (a notification, or the poll tick).
+    if (unread_) maybe_fetch();
   }
 
   // The item is done (delivered or dead): the next one of its appointment may go.
@@ -424,6 +473,15 @@ class lane : public std::enable_shared_from_this<lane> {
   std::shared_ptr<http_client> client_;
   std::string installation_;
 
+  struct flight {
+    item_ptr it;
+    std::uint64_t gen = 0;
+    std::uint64_t token = 0;
+    std::chrono::steady_clock::time_point deadline;
+  };
+  std::vector<flight> flights_;  // attempts in flight, unordered (see forget_flight)
+  steady_timer guard_timer_;
+  bool guard_armed_ = false;
   std::map<std::int64_t, item_ptr> window_;                       // by event id: read, not yet done
   std::unordered_map<std::string, std::deque<item_ptr>> queues_;  // by appointment: head is the one due
   std::deque<item_ptr> ready_;
@@ -437,6 +495,7 @@ class lane : public std::enable_shared_from_this<lane> {
   bool active_ = false;
   bool fetching_ = false;
   bool wake_pending_ = false;
+  bool unread_ = false;  // rows may be waiting that no read has taken (a full page, or backpressure)
   bool draining_ = false;
   std::mt19937_64 rng_;
 };

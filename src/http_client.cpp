@@ -6,6 +6,7 @@
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include <algorithm>
 #include <deque>
 #include <stdexcept>
 #include <type_traits>
@@ -68,9 +69,7 @@ struct connection {
   bool open = false;  // connected (and TLS handshake done): may be reused
   bool busy = false;  // a coroutine owns it
   beast::flat_buffer buffer;
-  http::request<http::string_body> request;
-  std::vector<std::string> extra_names;  // the previous request's extra headers, erased before the next
-  bool fixed_headers_clobbered = false;
+  std::string wire;  // the request being sent, serialised in full (its capacity is reused)
 };
 
 template <class Stream>
@@ -148,7 +147,6 @@ class client final : public http_client, public std::enable_shared_from_this<cli
         if (connections_.size() >= static_cast<std::size_t>(options_.max_connections)) return;
         connections_.push_back(std::make_unique<connection<Stream>>());
         chosen = connections_.back().get();
-        init_request(*chosen);
       }
       chosen->busy = true;
       pending first = std::move(queue_.front());
@@ -156,16 +154,6 @@ class client final : public http_client, public std::enable_shared_from_this<cli
       ++in_flight_;
       net::co_spawn(ex_, run(this->shared_from_this(), chosen, std::move(first)), net::detached);
     }
-  }
-
-  void init_request(connection<Stream>& c) {
-    c.request.method(http::verb::post);
-    c.request.target(endpoint_.target);
-    c.request.version(11);
-    c.request.set(http::field::host, host_header_);
-    if (!options_.user_agent.empty()) c.request.set(http::field::user_agent, options_.user_agent);
-    c.request.set(http::field::content_type, "application/json");
-    c.fixed_headers_clobbered = false;
   }
 
   // One connection works through the queue, one request at a time, until the queue is empty.
@@ -197,22 +185,35 @@ class client final : public http_client, public std::enable_shared_from_this<cli
     }
   }
 
+  // The request in one flat buffer: one contiguous write per request, rather than Beast's serializer
+  // walking a sequence of header and body buffers (a measurable share of the relay's CPU per event).
+  // An extra header named like a fixed one (Host, User-Agent, Content-Type) replaces it.
   void set_request(connection<Stream>& c, pending& p) {
-    for (const std::string& name : c.extra_names) c.request.erase(name);
-    if (c.fixed_headers_clobbered) init_request(c);
-    c.extra_names.clear();
-    for (auto& [name, value] : p.headers) {
-      if (iequals(name, "host") || iequals(name, "user-agent") || iequals(name, "content-type"))
-        c.fixed_headers_clobbered = true;
-      c.request.set(name, value);
-      c.extra_names.push_back(name);
-    }
-    c.request.body() = std::move(p.body);
-    c.request.prepare_payload();
+    auto overridden = [&](std::string_view fixed) {
+      return std::any_of(p.headers.begin(), p.headers.end(),
+                         [&](const auto& h) { return iequals(h.first, fixed); });
+    };
+    auto& w = c.wire;
+    w.clear();
+    w.append("POST ").append(endpoint_.target).append(" HTTP/1.1\r\n");
+    if (!overridden("host")) w.append("Host: ").append(host_header_).append("\r\n");
+    if (!options_.user_agent.empty() && !overridden("user-agent"))
+      w.append("User-Agent: ").append(options_.user_agent).append("\r\n");
+    if (!overridden("content-type")) w.append("Content-Type: application/json\r\n");
+    for (const auto& [name, value] : p.headers) w.append(name).append(": ").append(value).append("\r\n");
+    w.append("Content-Length: ").append(std::to_string(p.body.size())).append("\r\n\r\n");
+    w.append(p.body);
   }
 
   net::awaitable<http_response_info> exchange(connection<Stream>& c, pending& p, clock::time_point deadline) {
     http_response_info info;
+    for (const auto& [name, value] : p.headers) {
+      if (name.empty() || name.find_first_of(": \r\n") != std::string::npos ||
+          value.find_first_of("\r\n") != std::string::npos) {
+        info.error = "invalid header " + (name.find_first_of("\r\n") == std::string::npos ? name : "name");
+        co_return info;
+      }
+    }
     set_request(c, p);
     error_code ec;
     for (int attempt = 0;; ++attempt) {
@@ -226,7 +227,7 @@ class client final : public http_client, public std::enable_shared_from_this<cli
       }
       auto& lowest = beast::get_lowest_layer(*c.stream);
       lowest.expires_at(deadline);
-      co_await http::async_write(*c.stream, c.request, net::redirect_error(net::use_awaitable, ec));
+      co_await net::async_write(*c.stream, net::buffer(c.wire), net::redirect_error(net::use_awaitable, ec));
       if (ec) {
         drop(c);
         if (reused && attempt == 0 && stale_connection(ec)) continue;

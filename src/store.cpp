@@ -271,6 +271,7 @@ struct store::impl {
   std::unique_ptr<counting_receiver> receiver;
   std::map<std::string, read_position> positions;
   bool read_prepared = false;
+  bool record_prepared = false;
 };
 
 store::store(const std::string& database_url) : impl_(std::make_unique<impl>(database_url)) {
@@ -435,25 +436,37 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
 void store::record(const std::vector<delivery_update>& updates,
                    const std::map<std::string, std::int64_t>& done_through) {
   if (updates.empty() && done_through.empty()) return;
-  pqxx::work tx(impl_->conn);
-  if (!updates.empty()) {
-    // One row per (event, endpoint), the last outcome wins: ON CONFLICT cannot touch a row twice.
-    std::map<std::pair<std::int64_t, std::string_view>, const delivery_update*> last;
-    for (const auto& u : updates) last[{u.event_id, u.endpoint}] = &u;
-    array_literal ids, endpoints, states, attempts, first, lasts, next, errors, reasons;
-    for (const auto& [key, u] : last) {
-      ids.add(u->event_id);
-      endpoints.add(u->endpoint);
-      states.add(to_text(u->state));
-      attempts.add(static_cast<std::int64_t>(u->attempts));
-      u->first_attempt_ms != 0 ? first.add(u->first_attempt_ms) : first.add_null();
-      u->last_attempt_ms != 0 ? lasts.add(u->last_attempt_ms) : lasts.add_null();
-      next.add(u->next_attempt_ms);
-      errors.add(u->last_error);
-      reasons.add(u->dead_reason);
-    }
-    tx.exec_params(
-        "INSERT INTO appointment_relay.delivery AS d (event_id, endpoint, state, attempts, first_attempt_at,"
+  // One row per (event, endpoint), the last outcome wins: ON CONFLICT cannot touch a row twice.
+  std::map<std::pair<std::int64_t, std::string_view>, const delivery_update*> last;
+  for (const auto& u : updates) last[{u.event_id, u.endpoint}] = &u;
+  array_literal ids, endpoints, states, attempts, first, lasts, next, errors, reasons;
+  for (const auto& [key, u] : last) {
+    ids.add(u->event_id);
+    endpoints.add(u->endpoint);
+    states.add(to_text(u->state));
+    attempts.add(static_cast<std::int64_t>(u->attempts));
+    u->first_attempt_ms != 0 ? first.add(u->first_attempt_ms) : first.add_null();
+    u->last_attempt_ms != 0 ? lasts.add(u->last_attempt_ms) : lasts.add_null();
+    next.add(u->next_attempt_ms);
+    errors.add(u->last_error);
+    reasons.add(u->dead_reason);
+  }
+  // A watermark never passes this session's floor: below it no late-committed row can still appear.
+  array_literal names, values;
+  for (const auto& [name, id] : done_through) {
+    auto pos = impl_->positions.find(name);
+    if (pos == impl_->positions.end()) continue;  // read positions were reset: the caller's view is stale
+    names.add(name);
+    values.add(std::min(id, pos->second.floor));
+  }
+  if (last.empty() && names.str() == "{}") return;
+  // Outcomes and watermarks in one statement: atomic without a transaction block, so one round trip (a
+  // BEGIN ... COMMIT would cost three more, each a wake-up of this thread).
+  if (!impl_->record_prepared) {
+    impl_->conn.prepare(
+        "ar_record",
+        "WITH outcomes AS ("
+        " INSERT INTO appointment_relay.delivery AS d (event_id, endpoint, state, attempts, first_attempt_at,"
         "  last_attempt_at, next_attempt_at, delivered_at, last_error, dead_reason)"
         " SELECT u.event_id, u.endpoint, u.state, u.attempts, to_timestamp(u.first_ms / 1000.0),"
         "  to_timestamp(u.last_ms / 1000.0), to_timestamp(u.next_ms / 1000.0),"
@@ -468,30 +481,21 @@ void store::record(const std::vector<delivery_update>& updates,
         "EXCLUDED.attempts,"
         "  first_attempt_at = EXCLUDED.first_attempt_at, last_attempt_at = EXCLUDED.last_attempt_at,"
         "  next_attempt_at = EXCLUDED.next_attempt_at, delivered_at = EXCLUDED.delivered_at,"
-        "  last_error = EXCLUDED.last_error, dead_reason = EXCLUDED.dead_reason",
-        ids.str(), endpoints.str(), states.str(), attempts.str(), first.str(), lasts.str(), next.str(),
-        errors.str(), reasons.str());
-  }
-  // A watermark never passes this session's floor: below it no late-committed row can still appear.
-  array_literal names, values;
-  bool any_watermark = false;
-  for (const auto& [name, id] : done_through) {
-    auto pos = impl_->positions.find(name);
-    if (pos == impl_->positions.end()) continue;  // read positions were reset: the caller's view is stale
-    names.add(name);
-    values.add(std::min(id, pos->second.floor));
-    any_watermark = true;
-  }
-  if (any_watermark) {
-    tx.exec_params(
-        "INSERT INTO appointment_relay.endpoint_cursor AS c (endpoint, done_through, updated_at)"
-        " SELECT u.endpoint, u.done_through, now() FROM unnest($1::text[], $2::bigint[]) AS u(endpoint, "
-        "done_through)"
+        "  last_error = EXCLUDED.last_error, dead_reason = EXCLUDED.dead_reason"
+        " RETURNING 1),"
+        " watermarks AS ("
+        " INSERT INTO appointment_relay.endpoint_cursor AS c (endpoint, done_through, updated_at)"
+        " SELECT w.endpoint, w.done_through, now() FROM unnest($10::text[], $11::bigint[]) AS w(endpoint,"
+        "  done_through)"
         " ON CONFLICT (endpoint) DO UPDATE"
-        " SET done_through = GREATEST(c.done_through, EXCLUDED.done_through), updated_at = now()",
-        names.str(), values.str());
+        " SET done_through = GREATEST(c.done_through, EXCLUDED.done_through), updated_at = now()"
+        " RETURNING 1)"
+        " SELECT (SELECT count(*) FROM outcomes), (SELECT count(*) FROM watermarks)");
+    impl_->record_prepared = true;
   }
-  tx.commit();
+  pqxx::nontransaction tx(impl_->conn);
+  tx.exec_prepared("ar_record", ids.str(), endpoints.str(), states.str(), attempts.str(), first.str(),
+                   lasts.str(), next.str(), errors.str(), reasons.str(), names.str(), values.str());
 }
 
 std::vector<endpoint_status> store::status(const std::vector<std::string>& endpoints) {

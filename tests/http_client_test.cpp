@@ -143,6 +143,25 @@ TEST(http_client, should_send_the_fixed_and_the_given_headers) {
   EXPECT_EQ(all[3].connection, all[2].connection);
 }
 
+TEST(http_client, should_let_a_given_header_replace_a_fixed_one_and_refuse_a_header_that_breaks_lines) {
+  test_http_server server;
+  harness h(server.url());
+  h.post("{}", {{"Content-Type", "application/webhook+json"}});
+  h.run_until(1);
+  h.post("{}", {{"webhook-id", "evt_1\r\nx-injected: 1"}});
+  h.post("{}", {{"x-bad name", "1"}});
+  h.run_until(3);
+  ASSERT_EQ(h.results.size(), 3u);
+  EXPECT_EQ(h.results[0].status, 200);
+  EXPECT_EQ(h.results[1].status, 0);
+  EXPECT_EQ(h.results[1].error, "invalid header webhook-id");
+  EXPECT_EQ(h.results[2].error, "invalid header x-bad name");
+  ASSERT_EQ(server.request_count(), 1u);  // the refused ones were never sent
+  const auto requests = server.requests();
+  EXPECT_EQ(requests[0].header("content-type"), "application/webhook+json");
+  EXPECT_EQ(requests[0].header("x-injected"), std::nullopt);
+}
+
 TEST(http_client, should_report_the_status_and_leave_the_decision_to_the_caller) {
   test_http_server server;
   server.push_plan(response_plan::with_status(500));
