@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -29,6 +30,7 @@ struct fetch_command {
   std::string endpoint;
   std::size_t limit = 0;
   std::function<void(std::vector<pending_event>)> done;
+  bool wait = false;
 };
 
 struct record_batch {
@@ -77,7 +79,10 @@ struct state {
   std::condition_variable finished_cv;
   bool stopping = false;  // no more work accepted; flush and end
   bool finished = false;
-  std::deque<fetch_command> fetches;
+  std::deque<fetch_command> fetches;                // to run now
+  std::map<std::string, fetch_command> parked;      // waiting fetches, by endpoint: run on news
+  std::uint64_t news = 0;                           // notifications (and poll ticks) seen so far
+  std::map<std::string, std::uint64_t> read_begun;  // endpoint -> `news` when its last read began
   record_batch records;
 
   void signal() const {
@@ -113,8 +118,28 @@ struct state {
     {
       std::lock_guard lock(mutex);
       taken.swap(fetches);
+      for (auto& [endpoint, f] : parked) taken.push_back(std::move(f));
+      parked.clear();
+      read_begun.clear();  // a new connection reads afresh
     }
     for (auto& f : taken) answer(f, {});
+  }
+  // Caller holds the mutex: may rows have arrived since the endpoint's last read began?
+  bool may_have_news(const std::string& endpoint) const {
+    auto it = read_begun.find(endpoint);
+    return it == read_begun.end() || it->second < news;
+  }
+  // A notification or the poll tick: waiting fetches become due; the io thread is woken only for endpoints
+  // with no waiting fetch (reading, held back by a full window, or not yet started).
+  void on_news() {
+    bool all_waiting;
+    {
+      std::lock_guard lock(mutex);
+      ++news;
+      all_waiting = !endpoint_names.empty() && std::all_of(endpoint_names.begin(), endpoint_names.end(),
+                                                           [&](const auto& n) { return parked.contains(n); });
+    }
+    if (!all_waiting) post_wake();
   }
 
   // Waits for a command or the timeout; outside the active loop, fetches are answered with nothing.
@@ -157,9 +182,21 @@ void run_fetches(state& s, store& db) {
   {
     std::lock_guard lock(s.mutex);
     taken.swap(s.fetches);
+    for (auto it = s.parked.begin(); it != s.parked.end();) {
+      if (s.may_have_news(it->first)) {
+        taken.push_back(std::move(it->second));
+        it = s.parked.erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
   while (!taken.empty()) {
     try {
+      {
+        std::lock_guard lock(s.mutex);
+        s.read_begun[taken.front().endpoint] = s.news;
+      }
       auto rows = db.read_pending(taken.front().endpoint, taken.front().limit);
       s.answer(taken.front(), std::move(rows));
       taken.pop_front();
@@ -180,12 +217,12 @@ void active_loop(state& s, store& db) {
     if (!s.is_stopping()) run_fetches(s, db);
     write_records(s, db);
     if (s.is_stopping()) return;
-    if (db.take_notifications() > 0) s.post_wake();
+    if (db.take_notifications() > 0) s.on_news();
 
     auto now = steady::now();
     if (now >= next_tick) {
       next_tick = now + s.settings.poll_interval;
-      s.post_wake();
+      s.on_news();
       // Backlog and oldest pending event per endpoint, from the database (the dispatcher only knows its
       // window): the figures /metrics shows.
       const auto endpoints = s.endpoints();
@@ -209,7 +246,7 @@ void active_loop(state& s, store& db) {
     if (r < 0 && errno != EINTR) throw std::runtime_error("poll failed");
     if (fds[1].revents & POLLIN) s.drain();
     if (fds[0].revents & (POLLIN | POLLERR | POLLHUP)) {
-      if (db.take_notifications() > 0) s.post_wake();
+      if (db.take_notifications() > 0) s.on_news();
     }
   }
 }
@@ -286,18 +323,29 @@ class worker final : public db_worker {
         thread_(run, state_) {}
   ~worker() override { stop(std::chrono::seconds(5)); }
 
-  void fetch(std::string endpoint, std::size_t limit,
-             std::function<void(std::vector<pending_event>)> done) override {
-    fetch_command f{std::move(endpoint), limit, std::move(done)};
+  void fetch(std::string endpoint, std::size_t limit, std::function<void(std::vector<pending_event>)> done,
+             bool wait) override {
+    fetch_command f{std::move(endpoint), limit, std::move(done), wait};
+    std::optional<fetch_command> replaced;
     {
       std::lock_guard lock(state_->mutex);
       if (!state_->stopping) {
-        state_->fetches.push_back(std::move(f));
-        state_->signal();
-        return;
+        if (auto it = state_->parked.find(f.endpoint); it != state_->parked.end()) {
+          replaced = std::move(it->second);
+          state_->parked.erase(it);
+        }
+        if (wait && !state_->may_have_news(f.endpoint)) {
+          auto key = f.endpoint;
+          state_->parked.emplace(std::move(key), std::move(f));  // nothing to do until news: no wake-up
+        } else {
+          state_->fetches.push_back(std::move(f));
+          state_->signal();
+        }
+        f.done = nullptr;
       }
     }
-    state_->answer(f, {});
+    if (replaced) state_->answer(*replaced, {});
+    if (f.done) state_->answer(f, {});
   }
 
   void record(std::vector<delivery_update> updates,

@@ -129,7 +129,8 @@ class lane : public std::enable_shared_from_this<lane> {
 
   void wake() {
     if (fetching_) {
-      wake_pending_ = true;  // fetch again once the current read is back: it may have missed the new rows
+      // A waiting read runs on news by itself; a running one may have missed the new rows: read again.
+      if (!waiting_) wake_pending_ = true;
       return;
     }
     maybe_fetch();
@@ -174,6 +175,7 @@ class lane : public std::enable_shared_from_this<lane> {
     read_top_ = -1;
     reported_done_ = -1;
     fetching_ = false;
+    waiting_ = false;
     wake_pending_ = false;
     unread_ = false;
   }
@@ -195,24 +197,43 @@ class lane : public std::enable_shared_from_this<lane> {
       unread_ = true;  // backpressure: read once enough are done
       return;
     }
-    std::size_t limit = std::min(batch_, room);
+    start_fetch(std::min(batch_, room), false);
+  }
+
+  // Everything is read: the next read waits in the source until news arrives (see event_source::fetch),
+  // so a notification is read at once by the database thread, without a round trip through this thread.
+  void park_fetch() {
+    if (!active_ || draining_ || fetching_) return;
+    const std::size_t room = max_pending_ - std::min(max_pending_, window_.size());
+    if (room < std::max<std::size_t>(1, std::min(batch_, max_pending_ / 4))) return;  // wake() decides later
+    start_fetch(std::min(batch_, room), true);
+  }
+
+  void start_fetch(std::size_t limit, bool wait) {
     fetching_ = true;
+    waiting_ = wait;
     wake_pending_ = false;
     unread_ = false;
-    source_.fetch(cfg_.name, limit,
-                  [self = shared_from_this(), gen = generation_, limit](std::vector<pending_event> events) {
-                    self->on_fetched(gen, limit, std::move(events));
-                  });
+    source_.fetch(
+        cfg_.name, limit,
+        [self = shared_from_this(), gen = generation_, limit](std::vector<pending_event> events) {
+          self->on_fetched(gen, limit, std::move(events));
+        },
+        wait);
   }
 
   void on_fetched(std::uint64_t gen, std::size_t limit, std::vector<pending_event> events) {
     if (gen != generation_) return;  // a reset happened meanwhile: it reads again from the database
     fetching_ = false;
+    waiting_ = false;
     for (auto& e : events) accept(std::move(e));
     pump();
     schedule_flush();
     if (events.size() == limit) unread_ = true;  // a full page: more may follow
-    if (unread_ || wake_pending_) maybe_fetch();
+    if (unread_ || wake_pending_)
+      maybe_fetch();
+    else
+      park_fetch();
   }
 
   void accept(pending_event e) {
@@ -495,7 +516,8 @@ class lane : public std::enable_shared_from_this<lane> {
   bool active_ = false;
   bool fetching_ = false;
   bool wake_pending_ = false;
-  bool unread_ = false;  // rows may be waiting that no read has taken (a full page, or backpressure)
+  bool unread_ = false;   // rows may be waiting that no read has taken (a full page, or backpressure)
+  bool waiting_ = false;  // the outstanding fetch waits in the source for news
   bool draining_ = false;
   std::mt19937_64 rng_;
 };

@@ -98,7 +98,8 @@ class db_worker_test : public ::testing::Test {
     auto p = std::make_shared<std::promise<std::vector<pending_event>>>();
     auto f = p->get_future();
     net::post(io_, [&w, endpoint, p] {
-      w.fetch(endpoint, 100, [p](std::vector<pending_event> rows) { p->set_value(std::move(rows)); });
+      w.fetch(
+          endpoint, 100, [p](std::vector<pending_event> rows) { p->set_value(std::move(rows)); }, false);
     });
     if (f.wait_for(5s) != std::future_status::ready) throw std::runtime_error("fetch not answered");
     return f.get();
@@ -143,6 +144,53 @@ TEST_F(db_worker_test, should_become_active_and_wake_on_notify_within_millisecon
   w->stop(2s);
   EXPECT_FALSE(metrics_.database_up());
   EXPECT_TRUE(fetch(*w, "a").empty());  // stopped: answered with nothing
+}
+
+TEST_F(db_worker_test, should_run_a_waiting_fetch_on_the_next_notification_without_waking_the_io_thread) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  recorder r;
+  auto w = start(db.url(), r);  // poll tick 5 s: an answer within it comes from the notification
+  ASSERT_TRUE(r.wait_events(1, 5s));
+  EXPECT_TRUE(fetch(*w, "a").empty());  // everything read
+  auto p = std::make_shared<std::promise<std::vector<pending_event>>>();
+  auto answered = p->get_future();
+  net::post(io_, [&w, p] {
+    w->fetch(
+        "a", 100, [p](std::vector<pending_event> rows) { p->set_value(std::move(rows)); }, true);
+  });
+  EXPECT_EQ(answered.wait_for(300ms), std::future_status::timeout) << "nothing new: the fetch waits";
+  const int wakes_before = r.wakes();
+  auto t0 = std::chrono::steady_clock::now();
+  book(db);
+  ASSERT_EQ(answered.wait_for(2s), std::future_status::ready);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  EXPECT_EQ(answered.get().size(), 1u);
+  EXPECT_EQ(r.wakes(), wakes_before) << "the only endpoint was waiting: no wake-up of the io thread";
+
+  // A change committed while no fetch waits is not lost: the next waiting fetch runs at once.
+  book(db);
+  std::this_thread::sleep_for(200ms);
+  auto p2 = std::make_shared<std::promise<std::vector<pending_event>>>();
+  auto second = p2->get_future();
+  net::post(io_, [&w, p2] {
+    w->fetch(
+        "a", 100, [p2](std::vector<pending_event> rows) { p2->set_value(std::move(rows)); }, true);
+  });
+  ASSERT_EQ(second.wait_for(2s), std::future_status::ready);
+  EXPECT_EQ(second.get().size(), 1u);
+
+  // A waiting fetch is answered with nothing when the worker stops.
+  auto p3 = std::make_shared<std::promise<std::vector<pending_event>>>();
+  auto third = p3->get_future();
+  net::post(io_, [&w, p3] {
+    w->fetch(
+        "a", 100, [p3](std::vector<pending_event> rows) { p3->set_value(std::move(rows)); }, true);
+  });
+  std::this_thread::sleep_for(100ms);
+  w->stop(2s);
+  ASSERT_EQ(third.wait_for(2s), std::future_status::ready);
+  EXPECT_TRUE(third.get().empty());
 }
 
 TEST_F(db_worker_test, should_reconnect_after_its_session_is_terminated_and_read_what_was_missed) {

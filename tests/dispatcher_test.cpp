@@ -322,9 +322,13 @@ class fake_source final : public event_source {
     }
   }
 
-  void fetch(std::string endpoint, std::size_t limit,
-             std::function<void(std::vector<pending_event>)> done) override {
+  void fetch(std::string endpoint, std::size_t limit, std::function<void(std::vector<pending_event>)> done,
+             bool wait) override {
     auto& next = cursor_[endpoint];
+    if (wait && next >= events_.size()) {
+      waiting_[endpoint] = std::move(done);  // its events never change: nothing new will come
+      return;
+    }
     std::vector<pending_event> out;
     while (out.size() < limit && next < events_.size()) out.push_back(events_[next++]);
     handed_[endpoint] += out.size();
@@ -345,6 +349,7 @@ class fake_source final : public event_source {
   net::io_context& io_;
   std::vector<pending_event> events_;
   std::map<std::string, std::size_t> cursor_, handed_, delivered_;
+  std::map<std::string, std::function<void(std::vector<pending_event>)>> waiting_;
   std::size_t max_limit_ = 0;
 };
 

@@ -32,8 +32,10 @@ struct db_worker_callbacks {
   // All run on the io executor.
   std::function<void(std::string installation_id)> on_active;  // leadership (re)gained; read positions reset
   std::function<void()> on_inactive;  // connection lost (or not yet leader): stop sending new work
-  std::function<void()> on_wake;      // new rows may be there: NOTIFY, poll tick, catch-up after (re)connect
-  std::function<void()> on_standby;   // connected, but another instance holds the leadership
+  // New rows may be there (NOTIFY, poll tick, catch-up after (re)connect); not called when every endpoint
+  // has a waiting fetch, which the worker then runs itself.
+  std::function<void()> on_wake;
+  std::function<void()> on_standby;  // connected, but another instance holds the leadership
 };
 
 class db_worker : public event_source {
@@ -41,8 +43,8 @@ class db_worker : public event_source {
   virtual ~db_worker() = default;
   // Reads the next events for endpoint (store::read_pending); done runs on the io executor, with nothing
   // when the connection is down. Call on the io thread; at most one fetch per endpoint outstanding.
-  void fetch(std::string endpoint, std::size_t limit,
-             std::function<void(std::vector<pending_event>)> done) override = 0;
+  void fetch(std::string endpoint, std::size_t limit, std::function<void(std::vector<pending_event>)> done,
+             bool wait) override = 0;
   // Queues outcomes to write (batched with others); kept across reconnects until written.
   void record(std::vector<delivery_update> updates,
               std::map<std::string, std::int64_t> done_through) override = 0;

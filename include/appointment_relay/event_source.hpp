@@ -16,9 +16,12 @@ class event_source {
  public:
   virtual ~event_source() = default;
   // The next events for endpoint, at most limit, in id order; done runs on the io executor (with nothing
-  // when the database is unreachable). At most one fetch per endpoint outstanding.
+  // when the database is unreachable). At most one fetch per endpoint outstanding; a new one replaces a
+  // waiting one (which is answered with nothing). wait: read only once something may be new since this
+  // endpoint's previous read began (a notification, the poll tick), not at once: a caller that has read
+  // everything parks its next read this way, and the source runs it as soon as news arrives.
   virtual void fetch(std::string endpoint, std::size_t limit,
-                     std::function<void(std::vector<pending_event>)> done) = 0;
+                     std::function<void(std::vector<pending_event>)> done, bool wait) = 0;
   // Outcomes to write, batched with others, kept across reconnects until written; done_through: endpoint ->
   // every event up to that id is done there.
   virtual void record(std::vector<delivery_update> updates,
