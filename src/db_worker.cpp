@@ -129,6 +129,11 @@ struct state {
     auto it = read_begun.find(endpoint);
     return it == read_begun.end() || it->second < news;
   }
+  // Is a waiting fetch due (news since its endpoint's last read began)? Then the loop must not sleep.
+  bool waiting_fetch_due() {
+    std::lock_guard lock(mutex);
+    return std::any_of(parked.begin(), parked.end(), [&](const auto& p) { return may_have_news(p.first); });
+  }
   // A notification or the poll tick: waiting fetches become due; the io thread is woken only for endpoints
   // with no waiting fetch (reading, held back by a full window, or not yet started).
   void on_news() {
@@ -217,8 +222,6 @@ void active_loop(state& s, store& db) {
     if (!s.is_stopping()) run_fetches(s, db);
     write_records(s, db);
     if (s.is_stopping()) return;
-    if (db.take_notifications() > 0) s.on_news();
-
     auto now = steady::now();
     if (now >= next_tick) {
       next_tick = now + s.settings.poll_interval;
@@ -238,6 +241,11 @@ void active_loop(state& s, store& db) {
         }
       }
     }
+    // libpq reads notifications while it waits for a query's result (any of the above): they are in its
+    // queue, not on the socket, and would not wake the poll. Count them, and run the fetches they made
+    // due before sleeping.
+    if (db.take_notifications() > 0) s.on_news();
+    if (s.waiting_fetch_due()) continue;
     int sock = db.socket();
     if (sock < 0) throw std::runtime_error("the database connection has no socket");
     pollfd fds[2] = {{sock, POLLIN, 0}, {s.wake_fd, POLLIN, 0}};
