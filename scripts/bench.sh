@@ -34,7 +34,7 @@ if [ $quick -eq 1 ]; then
 else
   build=${BENCH_BUILD_DIR:-build-release}
   build_type=Release
-  capture_seconds=5; capture_rounds=3
+  capture_seconds=8; capture_rounds=5
   latency_rate=300; latency_seconds=30
   flood_seconds=15; flood_warmup=2
   drain_small=20000; drain_events=100000

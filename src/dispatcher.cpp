@@ -60,6 +60,7 @@ struct item {
   std::unique_ptr<steady_timer> timer;  // armed while the item waits for its next attempt
   std::uint64_t attempt_token = 0;      // which attempt an answer belongs to
   std::size_t flight_slot = 0;          // its place in the lane's in-flight list while in flight
+  std::shared_ptr<item> next;           // the next event of the same appointment (its queue is a list)
   bool in_flight = false;
 };
 
@@ -167,8 +168,10 @@ class lane : public std::enable_shared_from_this<lane> {
  private:
   void reset() {
     ++generation_;
-    for (auto& [id, it] : window_)
+    for (auto& [id, it] : window_) {
       if (it->timer) it->timer->cancel();
+      it->next.reset();  // an item still in flight must not keep its successors alive
+    }
     window_.clear();
     queues_.clear();
     ready_.clear();
@@ -270,8 +273,13 @@ class lane : public std::enable_shared_from_this<lane> {
     metrics_.event_captured(cfg_.name, to_string(it->kind));
     window_.emplace(it->id, it);
     auto& queue = queues_[it->key];
-    queue.push_back(it);
-    if (queue.size() == 1) make_due(it);  // otherwise it waits for the earlier ones of its appointment
+    if (!queue.head) {
+      queue.head = queue.tail = it;
+      make_due(it);
+    } else {
+      queue.tail->next = it;  // it waits for the earlier ones of its appointment
+      queue.tail = it;
+    }
   }
 
   void dead_without_item(const pending_event& e, std::string reason) {
@@ -460,12 +468,12 @@ class lane : public std::enable_shared_from_this<lane> {
     auto q = queues_.find(it->key);
     if (q == queues_.end()) return;
     auto& queue = q->second;
-    if (!queue.empty() && queue.front() == it) queue.pop_front();
-    if (queue.empty()) {
+    if (queue.head == it) queue.head = std::exchange(it->next, nullptr);
+    if (!queue.head) {
       queues_.erase(q);
       return;
     }
-    make_due(queue.front());
+    make_due(queue.head);
   }
 
   void schedule_flush() {
@@ -503,8 +511,13 @@ class lane : public std::enable_shared_from_this<lane> {
   std::vector<flight> flights_;  // attempts in flight, unordered (see forget_flight)
   steady_timer guard_timer_;
   bool guard_armed_ = false;
-  std::map<std::int64_t, item_ptr> window_;                       // by event id: read, not yet done
-  std::unordered_map<std::string, std::deque<item_ptr>> queues_;  // by appointment: head is the one due
+  std::map<std::int64_t, item_ptr> window_;  // by event id: read, not yet done
+  // An appointment's events in id order, linked through item::next: no allocation beyond the map's node.
+  struct appointment_queue {
+    item_ptr head;  // the one due
+    item_ptr tail;
+  };
+  std::unordered_map<std::string, appointment_queue> queues_;  // by appointment
   std::deque<item_ptr> ready_;
   std::vector<delivery_update> updates_;
   steady_timer flush_timer_;
