@@ -30,7 +30,6 @@ struct fetch_command {
   std::string endpoint;
   std::size_t limit = 0;
   std::function<void(std::vector<pending_event>)> done;
-  bool wait = false;
 };
 
 struct record_batch {
@@ -333,7 +332,7 @@ class worker final : public db_worker {
 
   void fetch(std::string endpoint, std::size_t limit, std::function<void(std::vector<pending_event>)> done,
              bool wait) override {
-    fetch_command f{std::move(endpoint), limit, std::move(done), wait};
+    fetch_command f{std::move(endpoint), limit, std::move(done)};
     std::optional<fetch_command> replaced;
     {
       std::lock_guard lock(state_->mutex);

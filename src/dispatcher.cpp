@@ -4,6 +4,7 @@
 #include <array>
 #include <deque>
 #include <map>
+#include <optional>
 #include <random>
 #include <unordered_map>
 
@@ -195,21 +196,24 @@ class lane : public std::enable_shared_from_this<lane> {
   // of it, whichever is less), so a backlog is read in pages, not an event at a time.
   void maybe_fetch() {
     if (!active_ || draining_ || fetching_) return;
-    const std::size_t room = max_pending_ - std::min(max_pending_, window_.size());
-    if (room < std::max<std::size_t>(1, std::min(batch_, max_pending_ / 4))) {
+    if (auto limit = page_limit())
+      start_fetch(*limit, false);
+    else
       unread_ = true;  // backpressure: read once enough are done
-      return;
-    }
-    start_fetch(std::min(batch_, room), false);
   }
 
   // Everything is read: the next read waits in the source until news arrives (see event_source::fetch),
   // so a notification is read at once by the database thread, without a round trip through this thread.
   void park_fetch() {
     if (!active_ || draining_ || fetching_) return;
+    if (auto limit = page_limit()) start_fetch(*limit, true);  // else wake() decides later
+  }
+
+  // How many rows the next read may take; none while the window lacks room for a page (or a quarter of it).
+  std::optional<std::size_t> page_limit() const {
     const std::size_t room = max_pending_ - std::min(max_pending_, window_.size());
-    if (room < std::max<std::size_t>(1, std::min(batch_, max_pending_ / 4))) return;  // wake() decides later
-    start_fetch(std::min(batch_, room), true);
+    if (room < std::max<std::size_t>(1, std::min(batch_, max_pending_ / 4))) return std::nullopt;
+    return std::min(batch_, room);
   }
 
   void start_fetch(std::size_t limit, bool wait) {
@@ -342,7 +346,6 @@ class lane : public std::enable_shared_from_this<lane> {
     auto token = ++it->attempt_token;
     // The client answers every request within its own deadline. Should an answer ever go missing, the
     // attempt still ends, as a retryable failure, rather than holding the event (and its appointment)
-    // forever.
     // forever. One sweep timer per lane checks the attempts in flight, rather than a timer per attempt.
     it->flight_slot = flights_.size();
     flights_.push_back(
