@@ -104,7 +104,8 @@ class lane : public std::enable_shared_from_this<lane> {
       o.request_timeout = cfg.timeout;
       o.user_agent = std::string("appointment-relay/") + version;
       o.tls = cfg.tls;
-      auto client = make_http_client(ex_, cfg.target, o);  // throws on bad TLS files: nothing changed yet
+      // Throws on bad TLS files: nothing changed yet.
+      auto client = s.make_client ? s.make_client(ex_, cfg.target, o) : make_http_client(ex_, cfg.target, o);
       if (client_) client_->close();
       client_ = std::move(client);
     }

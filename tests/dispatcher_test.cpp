@@ -337,9 +337,12 @@ class fake_source final : public event_source {
   }
 
   void record(std::vector<delivery_update> updates, std::map<std::string, std::int64_t>) override {
-    for (const auto& u : updates)
+    for (const auto& u : updates) {
       if (u.state == delivery_state::delivered) ++delivered_[u.endpoint];
+      recorded_.push_back(u);
+    }
   }
+  const std::vector<delivery_update>& recorded() const { return recorded_; }
 
   std::size_t handed(const std::string& e) { return handed_[e]; }
   std::size_t delivered(const std::string& e) { return delivered_[e]; }
@@ -350,6 +353,7 @@ class fake_source final : public event_source {
   std::vector<pending_event> events_;
   std::map<std::string, std::size_t> cursor_, handed_, delivered_;
   std::map<std::string, std::function<void(std::vector<pending_event>)>> waiting_;
+  std::vector<delivery_update> recorded_;
   std::size_t max_limit_ = 0;
 };
 
@@ -410,6 +414,51 @@ TEST(dispatcher, should_not_let_an_endpoint_that_is_down_delay_another) {
   EXPECT_LE(source.handed("down"), 20u) << "the endpoint that is down holds at most its window";
   d->drain(500ms, [&] { io.stop(); });
   io.run_for(2s);
+}
+
+// An HTTP client that never answers on its own: the test answers, late or never.
+class silent_client final : public http_client {
+ public:
+  void post(std::string, header_list, std::function<void(http_response_info)> done) override {
+    held.push_back(std::move(done));
+  }
+  std::size_t outstanding() const noexcept override { return held.size(); }
+  void close() override {}
+  std::vector<std::function<void(http_response_info)>> held;
+};
+
+TEST(dispatcher, should_end_an_attempt_the_client_never_answers_and_ignore_its_late_answer) {
+  net::io_context io;
+  fake_source source(io, 1);
+  metrics m;
+  auto client = std::make_shared<silent_client>();
+  dispatcher_settings s;
+  s.endpoints = {endpoint_to("mute", "http://127.0.0.1:9/")};  // never connected to: the client is fake
+  s.retry.base_delay = 10ms;
+  s.retry.max_delay = 20ms;
+  s.make_client = [client](executor, const url&, const http_client_options&) { return client; };
+  auto d = make_dispatcher(io.get_executor(), s, source, m);
+  d->activate("test");
+  // The attempt's deadline is the endpoint's timeout (1 s) + 5 s; the lane's sweep runs every second.
+  for (int i = 0; i < 100 && client->held.size() < 2; ++i) io.run_for(100ms);
+  ASSERT_EQ(client->held.size(), 2u) << "the unanswered attempt ended and the event was sent again";
+  io.run_for(50ms);
+  ASSERT_FALSE(source.recorded().empty());
+  EXPECT_EQ(source.recorded().front().state, delivery_state::retrying);
+  EXPECT_EQ(source.recorded().front().last_error, "no answer within the request deadline");
+
+  http_response_info ok;
+  ok.status = 200;
+  client->held[0](ok);  // the first attempt's answer, long after it was given up: ignored
+  io.run_for(50ms);
+  EXPECT_EQ(source.delivered("mute"), 0u);
+  EXPECT_EQ(d->in_flight(), 1u);
+  client->held[1](ok);
+  io.run_for(50ms);
+  EXPECT_EQ(source.delivered("mute"), 1u);
+  EXPECT_EQ(d->in_flight(), 0u);
+  d->drain(200ms, [&] { io.stop(); });
+  io.run_for(1s);
 }
 
 }  // namespace

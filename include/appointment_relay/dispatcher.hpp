@@ -13,6 +13,7 @@
 
 #include "appointment_relay/config.hpp"
 #include "appointment_relay/event_source.hpp"
+#include "appointment_relay/http_client.hpp"
 #include "appointment_relay/net.hpp"
 
 namespace appointment_relay {
@@ -25,6 +26,8 @@ struct dispatcher_settings {
   std::size_t max_pending_per_endpoint = 2000;
   std::size_t batch_size = 1000;
   std::chrono::milliseconds record_flush_interval{5};
+  // How a lane makes its HTTP client (empty: make_http_client). A unit test may hand in its own.
+  std::function<std::shared_ptr<http_client>(executor, const url&, const http_client_options&)> make_client;
 };
 
 class dispatcher {
