@@ -17,22 +17,21 @@ namespace {
 
 using namespace std::chrono_literals;
 
-std::string iso_utc(std::int64_t unix_seconds) {  // 2021-12-24T21:30:00+00:00
+std::string utc_text(std::int64_t unix_seconds, const char* format) {
   std::time_t t = static_cast<std::time_t>(unix_seconds);
   std::tm tm{};
   ::gmtime_r(&t, &tm);
   char buf[40];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S+00:00", &tm);
+  std::strftime(buf, sizeof buf, format, &tm);
   return buf;
 }
 
+std::string iso_utc(std::int64_t unix_seconds) {  // 2021-12-24T21:30:00+00:00
+  return utc_text(unix_seconds, "%Y-%m-%dT%H:%M:%S+00:00");
+}
+
 std::string sql_time(std::int64_t unix_seconds) {  // '2021-12-24 21:30:00+00'
-  std::time_t t = static_cast<std::time_t>(unix_seconds);
-  std::tm tm{};
-  ::gmtime_r(&t, &tm);
-  char buf[40];
-  std::strftime(buf, sizeof buf, "'%Y-%m-%d %H:%M:%S+00'", &tm);
-  return buf;
+  return utc_text(unix_seconds, "'%Y-%m-%d %H:%M:%S+00'");
 }
 
 std::string with_application_name(const std::string& url) {
