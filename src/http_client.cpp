@@ -8,7 +8,10 @@
 
 #include <algorithm>
 #include <deque>
+#include <exception>
+#include <mutex>
 #include <stdexcept>
+#include <thread>
 #include <type_traits>
 
 #include <openssl/ssl.h>
@@ -37,7 +40,10 @@ constexpr auto resolve_cache_ttl = std::chrono::seconds(60);
 // A graceful TLS close_notify exchange on close() may take at most this long.
 constexpr auto tls_shutdown_timeout = std::chrono::seconds(1);
 
+using request_id = http_client::request_id;
+
 struct pending {
+  request_id id = 0;  // 0: none (a connection with no request)
   std::string body;
   header_list headers;
   std::function<void(http_response_info)> done;
@@ -75,11 +81,44 @@ bool stale_connection(const error_code& ec) {
          ec == net::error::broken_pipe || ec == ssl::error::stream_truncated;
 }
 
+// More interim responses than this before the final one: the server is not speaking HTTP we can use.
+constexpr int max_interim_responses = 32;
+
+std::vector<tcp::endpoint> system_resolve(const std::string& host, const std::string& port, error_code& ec) {
+  // A synchronous resolve calls getaddrinfo on the calling thread (the lookup thread): no io_context
+  // machinery runs, this one only satisfies the resolver's constructor.
+  net::io_context io;
+  tcp::resolver resolver(io);
+  auto results = resolver.resolve(host, port, ec);
+  std::vector<tcp::endpoint> out;
+  if (!ec) {
+    for (const auto& r : results) out.push_back(r.endpoint());
+  }
+  return out;
+}
+
+// Shared by a client and its lookup threads. A lookup thread may outlive the client (a getaddrinfo that
+// never returns): it then must not touch the client or its executor, whose io_context may be gone.
+struct lookup_link {
+  std::mutex mutex;
+  bool client_gone = false;  // under mutex; set by the client's destructor
+};
+
+// A request waiting for the client's lookup; lives on that request's coroutine frame.
+struct lookup_waiter {
+  steady_timer* wake = nullptr;  // expires at the request's deadline; cancelled when the lookup ends
+  bool finished = false;         // the lookup ended (error says how)
+  std::string error;
+};
+
 template <class Stream>
 struct connection {
   std::optional<Stream> stream;
-  bool open = false;  // connected (and TLS handshake done): may be reused
-  bool busy = false;  // a coroutine owns it
+  bool open = false;       // connected (and TLS handshake done): may be reused
+  bool busy = false;       // a coroutine owns it
+  bool cancelled = false;  // cancel() gave up on job: its socket was aborted (or its lookup wait ended)
+  pending job;             // the request in flight on it (job.id 0: none)
+  lookup_waiter* waiting = nullptr;  // job's wait for a name lookup, if any
   beast::flat_buffer buffer;
   std::string wire;  // the request being sent, serialised in full (its capacity is reused)
 };
@@ -94,24 +133,52 @@ class client final : public http_client, public std::enable_shared_from_this<cli
         endpoint_(std::move(endpoint)),
         options_(std::move(options)),
         ctx_(std::move(ctx)),
-        resolver_(ex_),
         port_text_(std::to_string(endpoint_.port)),
         host_header_(endpoint_.host_header()),
-        host_is_ip_(is_ip_literal(endpoint_.host)) {
+        host_is_ip_(is_ip_literal(endpoint_.host)),
+        lookup_link_(std::make_shared<lookup_link>()) {
     if (options_.max_connections < 1) options_.max_connections = 1;
+    if (!options_.resolve) options_.resolve = system_resolve;
     if (host_is_ip_) {
       endpoints_.emplace_back(net::ip::make_address(endpoint_.host), endpoint_.port);
       endpoints_expiry_ = clock::time_point::max();
     }
   }
 
-  void post(std::string body, header_list headers, std::function<void(http_response_info)> done) override {
+  ~client() override {
+    std::lock_guard lock(lookup_link_->mutex);
+    lookup_link_->client_gone = true;
+  }
+
+  request_id post(std::string body, header_list headers,
+                  std::function<void(http_response_info)> done) override {
+    const request_id id = next_id_++;
     if (closed_) {
       fail_later(std::move(done), "shutting down");
+      return id;
+    }
+    queue_.push_back(pending{id, std::move(body), std::move(headers), std::move(done)});
+    pump();
+    return id;
+  }
+
+  void cancel(request_id id) override {
+    if (id == 0) return;
+    for (auto& c : connections_) {
+      if (c->job.id != id) continue;
+      if (c->cancelled) return;
+      c->cancelled = true;
+      abort(*c);
       return;
     }
-    queue_.push_back(pending{std::move(body), std::move(headers), std::move(done)});
-    pump();
+    // Not in flight: queued, or unknown/finished. A cancel usually concerns the oldest requests.
+    for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+      if (it->id != id) continue;
+      auto done = std::move(it->done);
+      queue_.erase(it);
+      fail_later(std::move(done), "cancelled");
+      return;
+    }
   }
 
   std::size_t outstanding() const noexcept override { return queue_.size() + in_flight_; }
@@ -126,7 +193,7 @@ class client final : public http_client, public std::enable_shared_from_this<cli
       if (c->busy || !c->open) continue;  // in-flight requests finish; their coroutine closes afterwards
       if constexpr (tls) {
         c->busy = true;
-        net::co_spawn(ex_, shutdown_tls(this->shared_from_this(), c.get()), net::detached);
+        spawn(shutdown_tls(this->shared_from_this(), c.get()), c.get());
       } else {
         drop(*c);
       }
@@ -135,12 +202,81 @@ class client final : public http_client, public std::enable_shared_from_this<cli
 
  private:
   void fail_later(std::function<void(http_response_info)> done, const char* why) {
-    // Posted, not called here: the caller may be inside post() or close() and not expect re-entry.
+    // Posted, not called here: the caller may be inside post(), cancel() or close() and not expect re-entry.
     net::post(ex_, [done = std::move(done), why]() mutable {
       http_response_info info;
       info.error = why;
-      done(std::move(info));
+      try {
+        done(std::move(info));
+      } catch (...) {
+      }
     });
+  }
+
+  // Runs a coroutine that owns connection c. Should anything escape it, c is freed and its request (if
+  // any) ends with an error: a detached coroutine's exception would otherwise vanish with the connection
+  // left busy forever and done never called.
+  template <class Task>
+  void spawn(Task work, connection<Stream>* c) {
+    net::co_spawn(ex_, std::move(work), [self = this->shared_from_this(), c](std::exception_ptr e) {
+      if (e) self->recover(*c, e);
+    });
+  }
+
+  void recover(connection<Stream>& c, std::exception_ptr e) {
+    drop(c);
+    if (c.job.id != 0) {
+      finish(c, internal_error(e));
+    }
+    c.busy = false;
+    pump();
+  }
+
+  static http_response_info internal_error(std::exception_ptr e) {
+    http_response_info info;
+    info.error = "internal error";
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+      info.error += ": ";
+      info.error += x.what();
+    } catch (...) {
+    }
+    return info;
+  }
+
+  // Ends c's request: done is called once, after c no longer names it (done may post or cancel again).
+  void finish(connection<Stream>& c, http_response_info info) {
+    if (c.cancelled) {
+      // Whatever the exchange ended with, the request was given up on: it is reported as such.
+      info = http_response_info{};
+      info.error = "cancelled";
+    }
+    auto done = std::move(c.job.done);
+    c.job.id = 0;
+    c.job.done = nullptr;
+    c.cancelled = false;
+    --in_flight_;
+    try {
+      done(std::move(info));
+    } catch (...) {
+      // A callback must not throw; if one does, the other requests still complete.
+    }
+  }
+
+  // Aborts c's request at once: the socket is reset (SO_LINGER 0) so nothing more of it is sent, and a
+  // wait for a name lookup ends. The connection's coroutine then sees the failure and ends the request.
+  void abort(connection<Stream>& c) {
+    if (c.stream) {
+      auto& socket = beast::get_lowest_layer(*c.stream).socket();
+      error_code ignored;
+      if (socket.is_open()) {
+        socket.set_option(net::socket_base::linger(true, 0), ignored);
+        socket.close(ignored);
+      }
+    }
+    c.open = false;
+    if (c.waiting && c.waiting->wake) c.waiting->wake->cancel();
   }
 
   // Hands queued requests to idle connections (reusing open ones first) or new ones up to the cap.
@@ -161,28 +297,37 @@ class client final : public http_client, public std::enable_shared_from_this<cli
         chosen = connections_.back().get();
       }
       chosen->busy = true;
-      pending first = std::move(queue_.front());
+      chosen->job = std::move(queue_.front());
       queue_.pop_front();
       ++in_flight_;
-      net::co_spawn(ex_, run(this->shared_from_this(), chosen, std::move(first)), net::detached);
+      try {
+        spawn(run(this->shared_from_this(), chosen), chosen);
+      } catch (...) {
+        // Later, not here: pump() runs inside post() and in callbacks, where done must not be called.
+        net::post(ex_, [self = this->shared_from_this(), chosen, e = std::current_exception()] {
+          self->recover(*chosen, e);
+        });
+        return;
+      }
     }
   }
 
   // One connection works through the queue, one request at a time, until the queue is empty.
-  task<void> run(std::shared_ptr<client> self, connection<Stream>* c, pending p) {
-    (void)self;  // keeps the client alive while the connection works
+  task<void> run(std::shared_ptr<client> self, connection<Stream>* c) {
     for (;;) {
       const clock::time_point taken = clock::now();
-      http_response_info info = co_await exchange(*c, p, taken + options_.request_timeout);
-      info.latency = std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - taken);
-      --in_flight_;
+      http_response_info info;
       try {
-        p.done(std::move(info));
+        info = co_await exchange(*c, c->job, taken + options_.request_timeout);
       } catch (...) {
-        // A callback must not throw; if one does, the other requests still complete.
+        drop(*c);
+        info = internal_error(std::current_exception());
       }
+      info.latency = std::chrono::duration_cast<std::chrono::microseconds>(clock::now() - taken);
+      if (c->cancelled) drop(*c);
+      finish(*c, std::move(info));
       if (closed_ || queue_.empty()) break;
-      p = std::move(queue_.front());
+      c->job = std::move(queue_.front());
       queue_.pop_front();
       ++in_flight_;
     }
@@ -217,6 +362,8 @@ class client final : public http_client, public std::enable_shared_from_this<cli
     w.append(p.body);
   }
 
+  // After every suspension: a cancelled request ends here (cancel() already aborted the socket), and in
+  // particular is never sent again on a fresh connection.
   task<http_response_info> exchange(connection<Stream>& c, pending& p, clock::time_point deadline) {
     http_response_info info;
     for (const auto& [name, value] : p.headers) {
@@ -232,7 +379,7 @@ class client final : public http_client, public std::enable_shared_from_this<cli
       const bool reused = c.open;
       if (!c.open) {
         std::string error = co_await open_connection(c, deadline);
-        if (!error.empty()) {
+        if (!error.empty() || c.cancelled) {
           info.error = std::move(error);
           co_return info;
         }
@@ -240,30 +387,52 @@ class client final : public http_client, public std::enable_shared_from_this<cli
       auto& lowest = beast::get_lowest_layer(*c.stream);
       lowest.expires_at(deadline);
       co_await net::async_write(*c.stream, net::buffer(c.wire), net::redirect_error(use_task, ec));
-      if (ec) {
+      if (ec || c.cancelled) {
         drop(c);
-        if (reused && attempt == 0 && stale_connection(ec)) continue;
+        if (reused && attempt == 0 && stale_connection(ec) && !c.cancelled) continue;
         info.error = describe(ec);
         co_return info;
       }
-      http::response_parser<http::string_body> parser;
-      parser.body_limit(options_.body_limit);
-      co_await http::async_read_header(*c.stream, c.buffer, parser, net::redirect_error(use_task, ec));
-      // Beast 1.74 does not apply body_limit to a response's Content-Length (a request's it does): check it
-      // here, before the body is read. Chunked and read-to-eof bodies are limited by the parser itself.
-      if (!ec && parser.content_length() && *parser.content_length() > options_.body_limit)
-        ec = http::error::body_limit;
-      if (!ec && !parser.is_done())
-        co_await http::async_read(*c.stream, c.buffer, parser, net::redirect_error(use_task, ec));
-      if (ec) {
-        const bool nothing_read = !parser.got_some() && c.buffer.size() == 0;
+      // Interim responses (100 Continue, 102 Processing, 103 Early Hints) come before the final one: each is
+      // read and dropped; taking one for the answer would leave the connection a response out of step.
+      std::optional<http::response_parser<http::string_body>> parser;
+      bool nothing_read = true;
+      for (int interim = 0;; ++interim) {
+        parser.emplace();
+        parser->body_limit(options_.body_limit);
+        co_await http::async_read_header(*c.stream, c.buffer, *parser, net::redirect_error(use_task, ec));
+        if (ec || c.cancelled) break;
+        nothing_read = false;
+        const unsigned status = parser->get().result_int();
+        if (status < 100 || status > 199) break;
+        if (status == 101) {
+          drop(c);
+          info.error = "unexpected 101 Switching Protocols";
+          co_return info;
+        }
+        if (interim >= max_interim_responses) {
+          drop(c);
+          info.error = "too many interim responses";
+          co_return info;
+        }
+      }
+      if (!ec && !c.cancelled) {
+        // Beast 1.74 does not apply body_limit to a response's Content-Length (a request's it does): check
+        // it here, before the body is read. Chunked and read-to-eof bodies are limited by the parser itself.
+        if (parser->content_length() && *parser->content_length() > options_.body_limit)
+          ec = http::error::body_limit;
+        if (!ec && !parser->is_done())
+          co_await http::async_read(*c.stream, c.buffer, *parser, net::redirect_error(use_task, ec));
+      }
+      if (ec || c.cancelled) {
+        nothing_read = nothing_read && !parser->got_some() && c.buffer.size() == 0;
         drop(c);
-        if (reused && attempt == 0 && nothing_read && stale_connection(ec)) continue;
+        if (reused && attempt == 0 && nothing_read && stale_connection(ec) && !c.cancelled) continue;
         info.error = describe(ec);
         co_return info;
       }
       lowest.expires_never();
-      const auto& res = parser.get();
+      const auto& res = parser->get();
       info.status = static_cast<int>(res.result_int());
       if (auto it = res.find(http::field::retry_after); it != res.end())
         info.retry_after = std::string(it->value());
@@ -277,8 +446,8 @@ class client final : public http_client, public std::enable_shared_from_this<cli
   task<std::string> open_connection(connection<Stream>& c, clock::time_point deadline) {
     error_code ec;
     if (endpoints_.empty() || clock::now() >= endpoints_expiry_) {
-      std::string error = co_await resolve(deadline);
-      if (!error.empty()) co_return error;
+      std::string error = co_await resolve(c, deadline);
+      if (!error.empty() || c.cancelled) co_return error;
     }
     if constexpr (tls) {
       c.stream.emplace(ex_, *ctx_);
@@ -289,9 +458,9 @@ class client final : public http_client, public std::enable_shared_from_this<cli
     auto& lowest = beast::get_lowest_layer(*c.stream);
     lowest.expires_at(deadline);
     co_await lowest.async_connect(endpoints_, net::redirect_error(use_task, ec));
-    if (ec) {
+    if (ec || c.cancelled) {
       // A failed connect may mean the cached address is stale: resolve again next time.
-      if (!host_is_ip_) endpoints_expiry_ = clock::time_point::min();
+      if (!host_is_ip_ && !c.cancelled) endpoints_expiry_ = clock::time_point::min();
       c.stream.reset();
       co_return describe(ec);
     }
@@ -304,7 +473,7 @@ class client final : public http_client, public std::enable_shared_from_this<cli
       if (options_.tls.verify_peer)
         c.stream->set_verify_callback(ssl::host_name_verification(endpoint_.host));
       co_await c.stream->async_handshake(ssl::stream_base::client, net::redirect_error(use_task, ec));
-      if (ec) {
+      if (ec || c.cancelled) {
         c.stream.reset();
         if (ec == beast::error::timeout) co_return std::string("timeout");
         co_return "tls handshake: " +
@@ -315,24 +484,72 @@ class client final : public http_client, public std::enable_shared_from_this<cli
     co_return std::string();
   }
 
-  task<std::string> resolve(clock::time_point deadline) {
-    // The resolver has no deadline of its own: a timer cancels it.
-    steady_timer timer(ex_);
-    timer.expires_at(deadline);
-    timer.async_wait([self = this->shared_from_this()](error_code e) {
-      if (!e) self->resolver_.cancel();
-    });
+  // Waits for the client's lookup (starting one if none is running) until the request's own deadline.
+  // Another request's deadline or cancel ends only that request's wait, never the lookup.
+  task<std::string> resolve(connection<Stream>& c, clock::time_point deadline) {
+    steady_timer wake(ex_);
+    wake.expires_at(deadline);
+    lookup_waiter me;
+    me.wake = &wake;
+    waiters_.push_back(&me);
+    c.waiting = &me;
+    if (!lookup_running_) start_lookup();
     error_code ec;
-    auto results =
-        co_await resolver_.async_resolve(endpoint_.host, port_text_, net::redirect_error(use_task, ec));
-    timer.cancel();
-    if (ec == net::error::operation_aborted && clock::now() >= deadline) co_return std::string("timeout");
-    if (ec) co_return "resolve: " + ec.message();
-    if (results.empty()) co_return std::string("resolve: no address");
-    endpoints_.clear();
-    for (const auto& r : results) endpoints_.push_back(r.endpoint());
-    endpoints_expiry_ = clock::now() + resolve_cache_ttl;
-    co_return std::string();
+    if (!me.finished) co_await wake.async_wait(net::redirect_error(use_task, ec));
+    c.waiting = nullptr;
+    if (!me.finished) waiters_.erase(std::find(waiters_.begin(), waiters_.end(), &me));
+    if (c.cancelled) co_return std::string("cancelled");
+    if (me.finished) co_return std::move(me.error);
+    co_return std::string("timeout");
+  }
+
+  // One blocking lookup on a detached thread of its own, which holds only the link (not the client): if the
+  // lookup never returns, the thread stays behind and the client goes on without it.
+  void start_lookup() {
+    lookup_running_ = true;
+    try {
+      std::thread([link = lookup_link_, ex = ex_, owner = this->weak_from_this(), lookup = options_.resolve,
+                   host = endpoint_.host, port = port_text_] {
+        error_code ec;
+        std::vector<tcp::endpoint> found;
+        std::string failure;
+        try {
+          found = lookup(host, port, ec);
+        } catch (const std::exception& e) {
+          failure = e.what();
+        } catch (...) {
+          failure = "unknown exception";
+        }
+        std::lock_guard lock(link->mutex);
+        if (link->client_gone) return;  // the client, and maybe its io_context, are gone
+        net::post(ex, [owner, found = std::move(found), ec, failure = std::move(failure)]() mutable {
+          if (auto self = owner.lock()) self->lookup_done(std::move(found), ec, failure);
+        });
+      }).detach();
+    } catch (const std::exception& e) {
+      lookup_done({}, {}, e.what());
+    }
+  }
+
+  void lookup_done(std::vector<tcp::endpoint> found, error_code ec, const std::string& failure) {
+    lookup_running_ = false;
+    std::string error;
+    if (!failure.empty()) {
+      error = "resolve: " + failure;
+    } else if (ec) {
+      error = "resolve: " + ec.message();
+    } else if (found.empty()) {
+      error = "resolve: no address";
+    } else {
+      endpoints_ = std::move(found);
+      endpoints_expiry_ = clock::now() + resolve_cache_ttl;
+    }
+    for (lookup_waiter* w : waiters_) {
+      w->finished = true;
+      w->error = error;
+      w->wake->cancel();
+    }
+    waiters_.clear();
   }
 
   void drop(connection<Stream>& c) {
@@ -362,15 +579,18 @@ class client final : public http_client, public std::enable_shared_from_this<cli
   url endpoint_;
   http_client_options options_;
   std::shared_ptr<ssl::context> ctx_;
-  tcp::resolver resolver_;
   std::string port_text_;
   std::string host_header_;
   bool host_is_ip_ = false;
   std::vector<tcp::endpoint> endpoints_;
   clock::time_point endpoints_expiry_{};
+  std::shared_ptr<lookup_link> lookup_link_;
+  bool lookup_running_ = false;
+  std::vector<lookup_waiter*> waiters_;  // requests waiting for the running lookup
   std::deque<pending> queue_;
   std::vector<std::unique_ptr<connection<Stream>>> connections_;
   std::size_t in_flight_ = 0;
+  request_id next_id_ = 1;
   bool closed_ = false;
 };
 

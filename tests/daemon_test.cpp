@@ -35,6 +35,7 @@ environment relay_env(const scratch_database& db, const test_http_server& server
           {"APPOINTMENT_RELAY_SIGNING_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
           {"APPOINTMENT_RELAY_ADMIN_LISTEN", "127.0.0.1:0"},
           {"APPOINTMENT_RELAY_DATABASE_POLL_INTERVAL", "200ms"},
+          {"APPOINTMENT_RELAY_DATABASE_LEADER_LEASE", "300ms"},
           {"APPOINTMENT_RELAY_RETRY_BASE_DELAY", "50ms"},
           {"APPOINTMENT_RELAY_RETRY_MAX_DELAY", "200ms"}};
 }
@@ -98,7 +99,7 @@ class notify_socket {
 TEST(daemon, should_tell_systemd_ready_reloading_watchdog_and_stopping) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server server;
+  test_http_server server(testing::always_status(200));
   notify_socket sd;
   auto env = relay_env(db, server);
   env["NOTIFY_SOCKET"] = sd.path();
@@ -131,7 +132,7 @@ double sample(const std::string& text, const std::string& series) {
 TEST(daemon, should_serve_health_readiness_and_metrics_that_match_what_happened) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server server;
+  test_http_server server(testing::always_status(200));
   server.push_plan(response_plan::with_status(503));  // the first attempt fails and is retried
   relay_process relay(relay_env(db, server));
   auto port = relay.admin_port();
@@ -177,7 +178,7 @@ TEST(daemon, should_serve_health_readiness_and_metrics_that_match_what_happened)
 TEST(daemon, should_reload_on_sighup_and_keep_the_old_config_when_the_new_one_is_invalid) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server first, second;
+  test_http_server first(testing::always_status(200)), second(testing::always_status(200));
   auto dir = std::filesystem::temp_directory_path() / ("ar-reload-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   auto file = dir / "relay.toml";
@@ -215,8 +216,7 @@ TEST(daemon, should_reload_on_sighup_and_keep_the_old_config_when_the_new_one_is
 TEST(daemon, should_exit_at_once_on_a_second_signal_leaving_the_rest_pending) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server server;
-  server.set_handler(
+  test_http_server server(
       [](const testing::recorded_request&, int) { return response_plan::with_status(200).after(8s); });
   relay_process relay(relay_env(db, server));
   ASSERT_TRUE(relay.wait_for_log("this instance is active", 10s)) << relay.log();

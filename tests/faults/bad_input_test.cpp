@@ -59,7 +59,7 @@ std::uint16_t closed_port() {
 TEST(bad_input, should_dead_letter_rows_that_break_the_rules_ignore_the_others_and_lose_nothing) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server server;
+  test_http_server server(always_status(200));
   auto relay = std::make_unique<relay_process>(relay_env(db, server.url()));
   ASSERT_TRUE(relay->wait_for_log("this instance is active", 30s)) << relay->log();
   stream_options o;
@@ -147,7 +147,7 @@ TEST(bad_input, should_reject_a_bad_config_file_with_exit_78_naming_the_key_and_
 }
 
 TEST(bad_input, should_retry_a_database_that_does_not_answer_and_say_so_while_readyz_answers_503) {
-  test_http_server server;
+  test_http_server server(always_status(200));
   auto port = closed_port();
   relay_process relay(
       {{"APPOINTMENT_RELAY_DATABASE_URL",
@@ -188,7 +188,7 @@ TEST(bad_input, should_not_deliver_to_an_endpoint_whose_certificate_names_anothe
   o.tls = true;
   o.cert_file = certs.wrong_host_cert_file;
   o.key_file = certs.wrong_host_key_file;
-  test_http_server server(o);
+  test_http_server server(always_status(200), o);
   auto config = write_temp("tls.toml", "[endpoints.tls]\nurl = \"" + server.url() + "\"\nsecrets = [\"" +
                                            std::string(fault_secret) + "\"]\nca_file = \"" + certs.ca_file +
                                            "\"\ntimeout = \"2s\"\n");

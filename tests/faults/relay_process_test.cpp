@@ -33,7 +33,7 @@ TEST(relay_process, should_not_pass_on_stray_relay_variables_of_the_test_environ
 TEST(relay_process, should_start_the_daemon_report_ready_and_stop_on_sigterm_with_exit_0) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server server;
+  test_http_server server(always_status(200));
   relay_process relay({{"APPOINTMENT_RELAY_DATABASE_URL", db.url()},
                        {"APPOINTMENT_RELAY_ENDPOINT_URL", server.url()},
                        {"APPOINTMENT_RELAY_ADMIN_LISTEN", "127.0.0.1:0"}});

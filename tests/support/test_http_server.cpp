@@ -6,6 +6,10 @@
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include <cerrno>
 #include <stdexcept>
 #include <type_traits>
 
@@ -35,7 +39,11 @@ std::optional<std::string> recorded_request::header(std::string_view name) const
 response_plan response_plan::with_status(int status) {
   response_plan p;
   p.status = status;
-  p.body = status >= 200 && status < 300 ? "ok" : "status " + std::to_string(status);
+  // 204 and 304 never have a body (RFC 9110): one would be taken for the start of the next response.
+  if (status == 204 || status == 304)
+    p.body.clear();
+  else
+    p.body = status >= 200 && status < 300 ? "ok" : "status " + std::to_string(status);
   return p;
 }
 
@@ -58,6 +66,15 @@ response_plan& response_plan::after(std::chrono::milliseconds wait) {
 response_plan& response_plan::closing() {
   keep_alive = false;
   return *this;
+}
+
+response_plan& response_plan::interim(int status, header_pairs headers) {
+  interims.push_back(interim_response{status, std::move(headers)});
+  return *this;
+}
+
+test_http_server::handler always_status(int status) {
+  return [status](const recorded_request&, int) { return response_plan::with_status(status); };
 }
 
 struct test_http_server::impl {
@@ -86,6 +103,28 @@ struct test_http_server::impl {
     }
   }
 
+  // Holds the connection open without reading from it until the server stops (which destroys this frame and
+  // closes the socket). Readiness is waited for and the socket only peeked, so that a reset from the client
+  // is noticed (and counted) while anything it sends stays unread.
+  net::awaitable<void> freeze(tcp::socket& socket) {
+    error_code ec;
+    for (;;) {
+      co_await socket.async_wait(tcp::socket::wait_read, net::redirect_error(net::use_awaitable, ec));
+      if (ec) break;
+      char byte = 0;
+      const ssize_t n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (n < 0 && errno == ECONNRESET) {
+        owner.peer_resets_.fetch_add(1);
+        co_return;
+      }
+      if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) break;
+    }
+    // The client closed its side, sent more (left unread) or the socket failed otherwise: keep ours open
+    // (no FIN) until the server stops.
+    steady_timer forever(io, steady_timer::time_point::max());
+    co_await forever.async_wait(net::redirect_error(net::use_awaitable, ec));
+  }
+
   template <class Stream>
   net::awaitable<void> session(Stream stream, int connection_index) {
     error_code ec;
@@ -104,6 +143,7 @@ struct test_http_server::impl {
       parser.body_limit(request_body_limit);
       co_await http::async_read(stream, buffer, parser, net::redirect_error(net::use_awaitable, ec));
       if (ec) {
+        if (ec == net::error::connection_reset) owner.peer_resets_.fetch_add(1);
         // With mTLS under TLS 1.3 a missing client certificate only shows up here, at the first read.
         if constexpr (std::is_same_v<Stream, tls_stream>) {
           if (ec.category() == net::error::get_ssl_category()) owner.handshake_failures_.fetch_add(1);
@@ -126,6 +166,21 @@ struct test_http_server::impl {
       }
       const int index = owner.record(rec);
       response_plan plan = owner.next_plan(rec, index);
+      if (!plan.interims.empty()) {
+        std::string head;
+        for (const auto& interim : plan.interims) {
+          const auto reason = http::obsolete_reason(static_cast<http::status>(interim.status));
+          head += "HTTP/1.1 " + std::to_string(interim.status) + " " +
+                  std::string(reason.data(), reason.size()) + "\r\n";
+          for (const auto& [name, value] : interim.headers) head += name + ": " + value + "\r\n";
+          head += "\r\n";
+        }
+        co_await net::async_write(stream, net::buffer(head), net::redirect_error(net::use_awaitable, ec));
+        if (ec) {
+          owner.concurrent_.fetch_sub(1);
+          co_return;
+        }
+      }
       if (plan.delay.count() > 0) {
         steady_timer timer(io, plan.delay);
         co_await timer.async_wait(net::redirect_error(net::use_awaitable, ec));
@@ -150,6 +205,9 @@ struct test_http_server::impl {
           socket.close(ec);
           co_return;
         }
+        case response_plan::action::freeze:
+          co_await freeze(socket);
+          co_return;
         case response_plan::action::respond:
           break;
       }
@@ -176,8 +234,8 @@ struct test_http_server::impl {
   }
 };
 
-test_http_server::test_http_server(test_server_options options)
-    : options_(std::move(options)), impl_(std::make_unique<impl>(*this)) {
+test_http_server::test_http_server(handler h, test_server_options options)
+    : options_(std::move(options)), impl_(std::make_unique<impl>(*this)), handler_(std::move(h)) {
   if (options_.tls) {
     impl_->tls.emplace(ssl::context::tls_server);
     auto& ctx = *impl_->tls;
@@ -222,11 +280,6 @@ std::string test_http_server::url(std::string_view target) const {
          std::string(target);
 }
 
-void test_http_server::set_handler(handler h) {
-  std::lock_guard lock(mutex_);
-  handler_ = std::move(h);
-}
-
 void test_http_server::push_plan(response_plan plan) {
   std::lock_guard lock(mutex_);
   plans_.push_back(std::move(plan));
@@ -248,7 +301,6 @@ bool test_http_server::wait_for_requests(std::size_t n, std::chrono::millisecond
 }
 
 response_plan test_http_server::next_plan(const recorded_request& request, int index) {
-  handler h;
   {
     std::lock_guard lock(mutex_);
     if (!plans_.empty()) {
@@ -256,9 +308,11 @@ response_plan test_http_server::next_plan(const recorded_request& request, int i
       plans_.pop_front();
       return p;
     }
-    h = handler_;
   }
-  return h ? h(request, index) : response_plan{};
+  if (handler_) return handler_(request, index);
+  auto p = response_plan::with_status(503);
+  p.body = "no handler";
+  return p;
 }
 
 int test_http_server::record(const recorded_request& request) {
