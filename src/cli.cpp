@@ -265,7 +265,12 @@ std::string help_text(command c) {
           "order per appointment, retrying with backoff until retry.max_age, then dead-lettering. The admin\n"
           "server (admin.listen) serves /healthz, /readyz and /metrics. Tells systemd READY=1 once "
           "connected.\n"
-          "Signals: SIGHUP reloads the log level (an invalid file keeps the old values); SIGTERM or SIGINT\n"
+          "Signals: SIGHUP reads the configuration again and applies [endpoints.NAME] (added, removed or\n"
+          "changed), [retry], log.level, relay.max_pending_per_endpoint, relay.shutdown_timeout and\n"
+          "database.batch_size. Other changes (database.url, database.poll_interval, database.retention,\n"
+          "database.leader_lease, admin.listen, log.format, relay.watchdog_interval) need a restart: a\n"
+          "warning names them. A reload is applied whole or not at all: if any endpoint cannot be set up\n"
+          "(an unreadable CA file, a bad key), nothing changes and the error is logged. SIGTERM or SIGINT\n"
           "drain in-flight deliveries for up to relay.shutdown_timeout; a second signal exits at once.\n"
           "The relay's tables must exist: run 'appointment-relay migrate' first.\n\n"
           "Options:\n";

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <string_view>
 #include <utility>
+#include <variant>
 
 #include <toml++/toml.h>
 
@@ -292,48 +293,107 @@ void check_listen(const source& src, const std::string& listen) {
 
 constexpr std::int64_t max_count = 100'000'000;
 
-struct section_key {
-  std::string_view section;
-  std::string_view name;
-  void (*apply)(config&, const source&);
+// A TOML basic string: its escapes are JSON's.
+std::string quote(std::string_view s) {
+  std::string out = "\"";
+  append_json_escaped(s, out);
+  out += '"';
+  return out;
+}
+
+// The key table: one row per key drives reading it from the file and from the environment, rendering it
+// (render_config), its default (config_keys) and what a reload does with it (keys_needing_restart).
+
+// A key's value in the form its type has, so that rendering and comparing need not know the key.
+using key_value = std::variant<std::string, std::int64_t, milliseconds, bool, std::vector<std::string>>;
+
+enum class secrecy {
+  plain,
+  database_password,  // the password inside a libpq URI or conninfo is masked
+  signing_secrets,    // every secret of the list is masked
 };
 
-const std::array<section_key, 14> section_keys{{
-    {"database", "url",
+// What SIGHUP does with a changed value: what src/relay.cpp (run_relay) hands to the running components.
+enum class on_reload {
+  applies,  // the dispatcher, the log level or the signal handler takes the new value
+  restart,  // read once at start (a connection, a socket, a timer, the log sink)
+};
+
+enum class presence { has_default, required };
+
+using enum secrecy;
+using enum on_reload;
+using enum presence;
+
+// One key. Owner is config for the sections, endpoint_config for the keys of every [endpoints.NAME]
+// table. The key's type is the alternative of key_value that get returns and parse reads; its default is get
+// of a default owner, i.e. the member initializers of config.hpp.
+template <class Owner>
+struct key_row {
+  std::string_view section;  // "database"; "endpoints" for an endpoint's keys
+  std::string_view name;
+  on_reload reload;
+  secrecy secret;
+  presence need;
+  void (*parse)(Owner&, const source&);  // reads, validates (source::fail) and stores
+  key_value (*get)(const Owner&);        // nullptr: another way to give a key (secret_file), not rendered
+};
+
+const std::array<key_row<config>, 15> section_keys{{
+    {"database", "url", restart, database_password, required,
      [](config& c, const source& s) {
        c.database.url = std::string(trim(s.str()));
        if (c.database.url.empty()) s.fail("must not be empty");
-     }},
-    {"database", "poll_interval",
-     [](config& c, const source& s) { c.database.poll_interval = s.duration(1ms, false); }},
-    {"database", "retention",
+     },
+     [](const config& c) -> key_value { return c.database.url; }},
+    {"database", "poll_interval", restart, plain, has_default,
+     [](config& c, const source& s) { c.database.poll_interval = s.duration(1ms, false); },
+     [](const config& c) -> key_value { return c.database.poll_interval; }},
+    {"database", "retention", restart, plain, has_default,
      [](config& c, const source& s) {
        c.database.retention = std::chrono::duration_cast<seconds>(s.duration(1s, true));
-     }},
-    {"database", "batch_size",
+     },
+     [](const config& c) -> key_value { return c.database.retention; }},
+    {"database", "batch_size", applies, plain, has_default,
      [](config& c, const source& s) {
        c.database.batch_size = static_cast<std::size_t>(s.integer(1, 1'000'000));
-     }},
-    {"retry", "base_delay", [](config& c, const source& s) { c.retry.base_delay = s.duration(1ms, false); }},
-    {"retry", "max_delay", [](config& c, const source& s) { c.retry.max_delay = s.duration(1ms, false); }},
-    {"retry", "max_age",
+     },
+     [](const config& c) -> key_value { return static_cast<std::int64_t>(c.database.batch_size); }},
+    {"database", "leader_lease", restart, plain, has_default,
+     [](config& c, const source& s) {
+       c.database.leader_lease = s.duration(100ms, false);
+       if (c.database.leader_lease > std::chrono::seconds(10))
+         s.fail("must be at most 10s (the session timeouts are longer)");
+     },
+     [](const config& c) -> key_value { return c.database.leader_lease; }},
+    {"retry", "base_delay", applies, plain, has_default,
+     [](config& c, const source& s) { c.retry.base_delay = s.duration(1ms, false); },
+     [](const config& c) -> key_value { return c.retry.base_delay; }},
+    {"retry", "max_delay", applies, plain, has_default,
+     [](config& c, const source& s) { c.retry.max_delay = s.duration(1ms, false); },
+     [](const config& c) -> key_value { return c.retry.max_delay; }},
+    {"retry", "max_age", applies, plain, has_default,
      [](config& c, const source& s) {
        c.retry.max_age = std::chrono::duration_cast<seconds>(s.duration(1s, true));
-     }},
-    {"retry", "max_attempts",
-     [](config& c, const source& s) { c.retry.max_attempts = static_cast<int>(s.integer(0, 1'000'000)); }},
-    {"admin", "listen",
+     },
+     [](const config& c) -> key_value { return c.retry.max_age; }},
+    {"retry", "max_attempts", applies, plain, has_default,
+     [](config& c, const source& s) { c.retry.max_attempts = static_cast<int>(s.integer(0, 1'000'000)); },
+     [](const config& c) -> key_value { return std::int64_t{c.retry.max_attempts}; }},
+    {"admin", "listen", restart, plain, has_default,
      [](config& c, const source& s) {
        c.admin.listen = std::string(trim(s.str()));
        check_listen(s, c.admin.listen);
-     }},
-    {"log", "format",
+     },
+     [](const config& c) -> key_value { return c.admin.listen; }},
+    {"log", "format", restart, plain, has_default,
      [](config& c, const source& s) {
        auto v = s.str();
        if (v != "text" && v != "json") s.fail("expected \"text\" or \"json\", got '" + v + "'");
        c.log.format = v;
-     }},
-    {"log", "level",
+     },
+     [](const config& c) -> key_value { return c.log.format; }},
+    {"log", "level", applies, plain, has_default,
      [](config& c, const source& s) {
        auto v = s.str();
        static constexpr std::array<std::string_view, 7> levels{"trace", "debug",    "info", "warn",
@@ -341,101 +401,210 @@ const std::array<section_key, 14> section_keys{{
        if (std::find(levels.begin(), levels.end(), v) == levels.end())
          s.fail("expected one of trace, debug, info, warn, error, critical, off, got '" + v + "'");
        c.log.level = v;
-     }},
-    {"relay", "max_pending_per_endpoint",
+     },
+     [](const config& c) -> key_value { return c.log.level; }},
+    {"relay", "max_pending_per_endpoint", applies, plain, has_default,
      [](config& c, const source& s) {
        c.relay.max_pending_per_endpoint = static_cast<std::size_t>(s.integer(1, max_count));
+     },
+     [](const config& c) -> key_value {
+       return static_cast<std::int64_t>(c.relay.max_pending_per_endpoint);
      }},
-    {"relay", "shutdown_timeout",
-     [](config& c, const source& s) { c.relay.shutdown_timeout = s.duration(0ms, false); }},
-    {"relay", "watchdog_interval",
+    // Read when SIGTERM or SIGINT arrives, so the reloaded value is the one used.
+    {"relay", "shutdown_timeout", applies, plain, has_default,
+     [](config& c, const source& s) { c.relay.shutdown_timeout = s.duration(0ms, false); },
+     [](const config& c) -> key_value { return c.relay.shutdown_timeout; }},
+    {"relay", "watchdog_interval", restart, plain, has_default,
      [](config& c, const source& s) {
        c.relay.watchdog_interval = std::chrono::duration_cast<seconds>(s.duration(0ms, true));
-     }},
+     },
+     [](const config& c) -> key_value { return c.relay.watchdog_interval; }},
 }};
 
-// An endpoint while it is being assembled from the file and the environment.
-struct endpoint_draft {
-  endpoint_config cfg;
-  std::string origin;  // where it was first defined, for "missing" errors
-  bool has_url = false;
-};
-
-void set_secrets(endpoint_draft& ep, const source& s, std::vector<std::string> secrets) {
+void set_secrets(endpoint_config& ep, const source& s, std::vector<std::string> secrets) {
   for (std::size_t i = 0; i < secrets.size(); ++i)
     if (!valid_secret(secrets[i]))
       // Never the value: even a malformed secret is probably most of a real one.
       s.fail("secret " + std::to_string(i + 1) + " is not \"whsec_\" followed by base64 (value not shown)");
   if (secrets.empty()) s.fail("no secret given");
-  ep.cfg.secrets = std::move(secrets);
+  ep.secrets = std::move(secrets);
 }
 
-struct endpoint_key {
-  std::string_view name;
-  void (*apply)(endpoint_draft&, const source&);
-};
-
-void apply_secret_file(endpoint_draft& ep, const source& s) {
-  auto path = std::string(trim(s.str()));
-  std::string err;
-  auto content = read_text_file(path, &err);
-  if (!content) s.fail("cannot read '" + path + "': " + err);
-  set_secrets(ep, s, split_list(*content));
+std::vector<notification_kind> parse_kinds(const source& s) {
+  std::vector<notification_kind> kinds;
+  for (const auto& name : s.list()) {
+    auto it = std::find_if(kind_names.begin(), kind_names.end(), [&](auto& p) { return p.first == name; });
+    if (it == kind_names.end())
+      s.fail("unknown kind '" + name +
+             "' (expected created, rescheduled, cancelled, no_show, reverted, checked_in)");
+    if (std::find(kinds.begin(), kinds.end(), it->second) != kinds.end())
+      s.fail("kind '" + name + "' listed twice");
+    kinds.push_back(it->second);
+  }
+  if (kinds.empty()) s.fail("must list at least one kind");
+  return kinds;
 }
 
-const std::array<endpoint_key, 10> endpoint_keys{{
-    {"url",
-     [](endpoint_draft& ep, const source& s) {
+// Every endpoint key applies on a reload: dispatcher::reconfigure adds, changes in place and retires lanes.
+const std::array<key_row<endpoint_config>, 10> endpoint_keys{{
+    {"endpoints", "url", applies, plain, required,
+     [](endpoint_config& ep, const source& s) {
        auto text = std::string(trim(s.str()));
        std::string err;
        auto u = parse_url(text, &err);
        if (!u) s.fail(err + ": '" + text + "'");
-       ep.cfg.target = *u;
-       ep.has_url = true;
+       ep.target = *u;
+     },
+     [](const endpoint_config& ep) -> key_value { return ep.target.to_string(); }},
+    {"endpoints", "secrets", applies, signing_secrets, has_default,
+     [](endpoint_config& ep, const source& s) { set_secrets(ep, s, s.list()); },
+     [](const endpoint_config& ep) -> key_value { return ep.secrets; }},
+    {"endpoints", "secret_file", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) {
+       auto path = std::string(trim(s.str()));
+       std::string err;
+       auto content = read_text_file(path, &err);
+       if (!content) s.fail("cannot read '" + path + "': " + err);
+       set_secrets(ep, s, split_list(*content));
+     },
+     nullptr},
+    {"endpoints", "kinds", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.kinds = parse_kinds(s); },
+     [](const endpoint_config& ep) -> key_value {
+       std::vector<std::string> names;
+       for (auto kind : ep.kinds) names.emplace_back(kind_name(kind));
+       return names;
      }},
-    {"secrets", [](endpoint_draft& ep, const source& s) { set_secrets(ep, s, s.list()); }},
-    {"secret_file", apply_secret_file},
-    {"kinds",
-     [](endpoint_draft& ep, const source& s) {
-       std::vector<notification_kind> kinds;
-       for (const auto& name : s.list()) {
-         auto it =
-             std::find_if(kind_names.begin(), kind_names.end(), [&](auto& p) { return p.first == name; });
-         if (it == kind_names.end())
-           s.fail("unknown kind '" + name +
-                  "' (expected created, rescheduled, cancelled, no_show, reverted, checked_in)");
-         if (std::find(kinds.begin(), kinds.end(), it->second) != kinds.end())
-           s.fail("kind '" + name + "' listed twice");
-         kinds.push_back(it->second);
-       }
-       if (kinds.empty()) s.fail("must list at least one kind");
-       ep.cfg.kinds = std::move(kinds);
-     }},
-    {"max_in_flight", [](endpoint_draft& ep,
-                         const source& s) { ep.cfg.max_in_flight = static_cast<int>(s.integer(1, 1024)); }},
-    {"timeout", [](endpoint_draft& ep, const source& s) { ep.cfg.timeout = s.duration(1ms, false); }},
-    {"ca_file", [](endpoint_draft& ep, const source& s) { ep.cfg.tls.ca_file = s.str(); }},
-    {"client_cert_file", [](endpoint_draft& ep, const source& s) { ep.cfg.tls.client_cert_file = s.str(); }},
-    {"client_key_file", [](endpoint_draft& ep, const source& s) { ep.cfg.tls.client_key_file = s.str(); }},
-    {"verify_peer", [](endpoint_draft& ep, const source& s) { ep.cfg.tls.verify_peer = s.boolean(); }},
+    {"endpoints", "max_in_flight", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.max_in_flight = static_cast<int>(s.integer(1, 1024)); },
+     [](const endpoint_config& ep) -> key_value { return std::int64_t{ep.max_in_flight}; }},
+    {"endpoints", "timeout", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.timeout = s.duration(1ms, false); },
+     [](const endpoint_config& ep) -> key_value { return ep.timeout; }},
+    {"endpoints", "ca_file", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.tls.ca_file = s.str(); },
+     [](const endpoint_config& ep) -> key_value { return ep.tls.ca_file; }},
+    {"endpoints", "client_cert_file", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.tls.client_cert_file = s.str(); },
+     [](const endpoint_config& ep) -> key_value { return ep.tls.client_cert_file; }},
+    {"endpoints", "client_key_file", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.tls.client_key_file = s.str(); },
+     [](const endpoint_config& ep) -> key_value { return ep.tls.client_key_file; }},
+    {"endpoints", "verify_peer", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.tls.verify_peer = s.boolean(); },
+     [](const endpoint_config& ep) -> key_value { return ep.tls.verify_peer; }},
 }};
+
+// Names that need no file: the url and the secrets of endpoint "default". They win over the long names.
+constexpr std::array<std::pair<std::string_view, std::string_view>, 2> short_endpoint_names{{
+    {"ENDPOINT_URL", "url"},
+    {"SIGNING_SECRET", "secrets"},
+}};
+
+const key_row<endpoint_config>& endpoint_key(std::string_view name) {
+  return *std::find_if(endpoint_keys.begin(), endpoint_keys.end(), [&](auto& k) { return k.name == name; });
+}
+
+// An endpoint before any of its keys is read: endpoint_config's defaults, and every kind.
+endpoint_config new_endpoint(std::string name) {
+  endpoint_config ep;
+  ep.name = std::move(name);
+  ep.kinds = all_kinds();
+  return ep;
+}
+
+// "DATABASE_URL": the variable's name after the prefix.
+std::string env_name(const key_row<config>& k) {
+  return upper(k.section) + "_" + upper(k.name);
+}
+
+std::string key_path(const key_row<config>& k) {
+  return std::string(k.section) + "." + std::string(k.name);
+}
+
+key_value masked(secrecy secret, key_value v) {
+  switch (secret) {
+    case plain:
+      break;
+    case database_password:
+      return mask_database_url(std::get<std::string>(v));
+    case signing_secrets:
+      for (auto& s : std::get<std::vector<std::string>>(v)) s = "whsec_***";
+      break;
+  }
+  return v;
+}
+
+std::string toml_value(const key_value& v) {
+  if (auto* s = std::get_if<std::string>(&v)) return quote(*s);
+  if (auto* n = std::get_if<std::int64_t>(&v)) return std::to_string(*n);
+  if (auto* d = std::get_if<milliseconds>(&v)) return quote(format_duration(*d));
+  if (auto* b = std::get_if<bool>(&v)) return *b ? "true" : "false";
+  std::string out;
+  for (const auto& s : std::get<std::vector<std::string>>(v)) out += (out.empty() ? "" : ", ") + quote(s);
+  return "[" + out + "]";
+}
+
+// The restart-only keys whose value differs between running and next, as "section.key", or
+// "endpoints.NAME.key" for the keys of endpoint NAME.
+template <class Owner, std::size_t N>
+void append_restart_only_changes(const std::array<key_row<Owner>, N>& rows, const Owner& running,
+                                 const Owner& next, const std::string& endpoint,
+                                 std::vector<std::string>& out) {
+  for (const auto& k : rows)
+    if (k.reload == restart && k.get && k.get(running) != k.get(next))
+      out.push_back(std::string(k.section) + "." + (endpoint.empty() ? "" : endpoint + ".") +
+                    std::string(k.name));
+}
+
+template <class Owner, std::size_t N>
+void describe_keys(const std::array<key_row<Owner>, N>& rows, const Owner& defaults,
+                   std::vector<config_key>& out) {
+  for (const auto& k : rows) {
+    config_key d;
+    d.section = k.section;
+    d.name = k.name;
+    if (k.need == has_default && k.get) d.default_value = toml_value(masked(k.secret, k.get(defaults)));
+    d.secret = k.secret != plain;
+    d.reloadable = k.reload == applies;
+    out.push_back(std::move(d));
+  }
+}
+
+// An endpoint while the file and the environment assemble it.
+struct endpoint_draft {
+  endpoint_config cfg;
+  std::string origin;                                  // where it was first defined, for "missing" errors
+  std::vector<const key_row<endpoint_config>*> given;  // the keys read
+};
 
 struct builder {
   config cfg;
+  std::vector<const key_row<config>*> given;  // the keys read
   std::vector<endpoint_draft> endpoints;
-  bool has_database_url = false;
+
+  void apply(const key_row<config>& k, const source& s) {
+    k.parse(cfg, s);
+    given.push_back(&k);
+  }
+
+  void apply(endpoint_draft& ep, const key_row<endpoint_config>& k, const source& s) {
+    k.parse(ep.cfg, s);
+    ep.given.push_back(&k);
+  }
 
   endpoint_draft& endpoint(const std::string& name, const std::string& origin) {
     for (auto& ep : endpoints)
       if (ep.cfg.name == name) return ep;
-    endpoint_draft ep;
-    ep.cfg.name = name;
-    ep.cfg.kinds = all_kinds();
-    ep.origin = origin;
-    endpoints.push_back(std::move(ep));
+    endpoints.push_back(endpoint_draft{new_endpoint(name), origin, {}});
     return endpoints.back();
   }
 };
+
+template <class Owner>
+bool given(const std::vector<const key_row<Owner>*>& keys, const key_row<Owner>& k) {
+  return std::find(keys.begin(), keys.end(), &k) != keys.end();
+}
 
 std::string at(const std::string& file, const toml::node& n) {
   return file + ":" + std::to_string(n.source().begin.line);
@@ -462,8 +631,8 @@ void apply_file(builder& b, const std::filesystem::path& path) {
                        std::to_string(e.source().begin.column) +
                        ": TOML syntax error: " + std::string(e.description()));
   }
-  for (auto& [section_key_, section_node] : root) {
-    const std::string section(section_key_.str());
+  for (auto& [section_name, section_node] : root) {
+    const std::string section(section_name.str());
     if (section == "endpoints") {
       auto* eps = section_node.as_table();
       if (!eps)
@@ -486,7 +655,7 @@ void apply_file(builder& b, const std::filesystem::path& path) {
           auto it = std::find_if(endpoint_keys.begin(), endpoint_keys.end(),
                                  [&](auto& ek) { return ek.name == kname; });
           if (it == endpoint_keys.end()) unknown_key(file, key + "." + kname, v);
-          it->apply(ep, source{at(file, v), key + "." + kname, &v, {}});
+          b.apply(ep, *it, source{at(file, v), key + "." + kname, &v, {}});
         }
       }
       continue;
@@ -502,16 +671,21 @@ void apply_file(builder& b, const std::filesystem::path& path) {
       auto it = std::find_if(section_keys.begin(), section_keys.end(),
                              [&](auto& sk) { return sk.section == section && sk.name == kname; });
       if (it == section_keys.end()) unknown_key(file, section + "." + kname, v);
-      it->apply(b.cfg, source{at(file, v), section + "." + kname, &v, {}});
-      if (it->section == "database" && it->name == "url") b.has_database_url = true;
+      b.apply(*it, source{at(file, v), section + "." + kname, &v, {}});
     }
   }
 }
 
-// Secret-bearing variables may come as NAME_FILE: the file's content, trailing newlines trimmed.
+// Secret keys may come as NAME_FILE (the file's content, trailing newlines trimmed): a section's, an
+// endpoint's (ENDPOINTS_<NAME>_<KEY>) or a short name's.
 bool is_secret_bearing(std::string_view name) {
-  return name == "DATABASE_URL" || name == "SIGNING_SECRET" ||
-         (name.starts_with("ENDPOINTS_") && name.ends_with("_SECRETS"));
+  for (const auto& k : section_keys)
+    if (k.secret != plain && env_name(k) == name) return true;
+  for (const auto& [short_name, key] : short_endpoint_names)
+    if (short_name == name) return endpoint_key(key).secret != plain;
+  if (!name.starts_with("ENDPOINTS_")) return false;
+  return std::any_of(endpoint_keys.begin(), endpoint_keys.end(),
+                     [&](auto& k) { return k.secret != plain && name.ends_with("_" + upper(k.name)); });
 }
 
 void apply_environment(builder& b, const std::map<std::string, std::string>& env) {
@@ -545,7 +719,8 @@ void apply_environment(builder& b, const std::map<std::string, std::string>& env
   // Sections first, then named endpoints, then the short endpoint names (they win over the long ones).
   std::vector<const entry*> endpoint_entries, short_entries;
   for (const auto& e : entries) {
-    if (e.name == "ENDPOINT_URL" || e.name == "SIGNING_SECRET") {
+    if (std::any_of(short_endpoint_names.begin(), short_endpoint_names.end(),
+                    [&](auto& s) { return s.first == e.name; })) {
       short_entries.push_back(&e);
       continue;
     }
@@ -554,19 +729,17 @@ void apply_environment(builder& b, const std::map<std::string, std::string>& env
       continue;
     }
     auto it = std::find_if(section_keys.begin(), section_keys.end(),
-                           [&](auto& sk) { return upper(sk.section) + "_" + upper(sk.name) == e.name; });
+                           [&](auto& sk) { return env_name(sk) == e.name; });
     if (it == section_keys.end())
       throw config_error(e.where +
                          ": unknown environment variable (see config/appointment-relay.toml for the keys)");
-    it->apply(b.cfg,
-              source{e.where, std::string(it->section) + "." + std::string(it->name), nullptr, e.value});
-    if (it->section == "database" && it->name == "url") b.has_database_url = true;
+    b.apply(*it, source{e.where, key_path(*it), nullptr, e.value});
   }
 
   for (const auto* e : endpoint_entries) {
     std::string_view rest = std::string_view(e->name).substr(10);  // after ENDPOINTS_
     // The longest key that ends the name; the endpoint's name is what precedes it.
-    const endpoint_key* key = nullptr;
+    const key_row<endpoint_config>* key = nullptr;
     std::size_t key_len = 0;
     for (const auto& ek : endpoint_keys) {
       std::string suffix = "_" + upper(ek.name);
@@ -575,60 +748,62 @@ void apply_environment(builder& b, const std::map<std::string, std::string>& env
         key_len = suffix.size();
       }
     }
-    if (!key)
+    if (!key) {
+      std::string keys;
+      for (const auto& ek : endpoint_keys) keys += (keys.empty() ? "" : ", ") + upper(ek.name);
       throw config_error(e->where +
                          ": unknown environment variable (expected APPOINTMENT_RELAY_ENDPOINTS_<NAME>_<KEY>, "
-                         "KEY one of URL, SECRETS, SECRET_FILE, KINDS, MAX_IN_FLIGHT, TIMEOUT, CA_FILE, "
-                         "CLIENT_CERT_FILE, CLIENT_KEY_FILE, VERIFY_PEER)");
-    std::string_view env_name = rest.substr(0, rest.size() - key_len);
-    // An endpoint of the file whose name, upper-cased with '-' as '_', is env_name; else a new one.
+                         "KEY one of " +
+                         keys + ")");
+    }
+    std::string_view upper_name = rest.substr(0, rest.size() - key_len);
+    // An endpoint of the file whose name, upper-cased with '-' as '_', is upper_name; else a new one.
     std::string name;
     for (const auto& ep : b.endpoints) {
-      if (upper(ep.cfg.name) != upper(env_name)) continue;
+      if (upper(ep.cfg.name) != upper(upper_name)) continue;
       if (!name.empty() && name != ep.cfg.name)
         throw config_error(e->where + ": ambiguous: matches endpoints '" + name + "' and '" + ep.cfg.name +
                            "'");
       name = ep.cfg.name;
     }
     if (name.empty()) {
-      name = lower(env_name);
+      name = lower(upper_name);
       if (!valid_endpoint_name(name))
         throw config_error(e->where + ": endpoint names are made of a-z, 0-9, '_' and '-'");
     }
     auto& ep = b.endpoint(name, e->where);
-    key->apply(ep, source{e->where, "endpoints." + name + "." + std::string(key->name), nullptr, e->value});
+    b.apply(ep, *key,
+            source{e->where, "endpoints." + name + "." + std::string(key->name), nullptr, e->value});
   }
 
   for (const auto* e : short_entries) {
     auto& ep = b.endpoint("default", e->where);
-    const auto& key = e->name == "ENDPOINT_URL" ? endpoint_keys[0] : endpoint_keys[1];
-    key.apply(ep, source{e->where, "endpoints.default." + std::string(key.name), nullptr, e->value});
+    auto short_name = std::find_if(short_endpoint_names.begin(), short_endpoint_names.end(),
+                                   [&](auto& s) { return s.first == e->name; });
+    const auto& key = endpoint_key(short_name->second);
+    b.apply(ep, key, source{e->where, "endpoints.default." + std::string(key.name), nullptr, e->value});
   }
 }
 
 config finish(builder& b) {
-  if (!b.has_database_url)
-    throw config_error("database.url: missing: set url in [database] or APPOINTMENT_RELAY_DATABASE_URL");
+  for (const auto& k : section_keys)
+    if (k.need == required && !given(b.given, k))
+      throw config_error(key_path(k) + ": missing: set " + std::string(k.name) + " in [" +
+                         std::string(k.section) + "] or " + std::string(env_prefix) + env_name(k));
   if (b.cfg.retry.max_delay < b.cfg.retry.base_delay)
     throw config_error("retry.max_delay (" + format_duration(b.cfg.retry.max_delay) +
                        ") is below retry.base_delay (" + format_duration(b.cfg.retry.base_delay) + ")");
   for (auto& ep : b.endpoints) {
     const std::string key = "endpoints." + ep.cfg.name;
-    if (!ep.has_url) throw config_error(ep.origin + ": " + key + ".url: missing");
+    for (const auto& k : endpoint_keys)
+      if (k.need == required && !given(ep.given, k))
+        throw config_error(ep.origin + ": " + key + "." + std::string(k.name) + ": missing");
     // No secret is allowed (the endpoint gets unsigned webhooks); `run` warns about it at start.
     if (ep.cfg.tls.client_cert_file.empty() != ep.cfg.tls.client_key_file.empty())
       throw config_error(ep.origin + ": " + key + ": client_cert_file and client_key_file go together");
     b.cfg.endpoints.push_back(std::move(ep.cfg));
   }
   return std::move(b.cfg);
-}
-
-// A TOML basic string: its escapes are JSON's.
-std::string quote(std::string_view s) {
-  std::string out = "\"";
-  append_json_escaped(s, out);
-  out += '"';
-  return out;
 }
 
 std::string mask_uri(const std::string& url) {
@@ -726,42 +901,38 @@ std::string mask_database_url(const std::string& url) {
 
 std::string render_config(const config& cfg) {
   std::ostringstream o;
-  o << "# Effective configuration (secrets and the database password masked)\n\n"
-    << "[database]\n"
-    << "url = " << quote(mask_database_url(cfg.database.url)) << "\n"
-    << "poll_interval = " << quote(format_duration(cfg.database.poll_interval)) << "\n"
-    << "retention = " << quote(format_duration(cfg.database.retention)) << "\n"
-    << "batch_size = " << cfg.database.batch_size << "\n\n"
-    << "[retry]\n"
-    << "base_delay = " << quote(format_duration(cfg.retry.base_delay)) << "\n"
-    << "max_delay = " << quote(format_duration(cfg.retry.max_delay)) << "\n"
-    << "max_age = " << quote(format_duration(cfg.retry.max_age)) << "\n"
-    << "max_attempts = " << cfg.retry.max_attempts << "\n\n"
-    << "[admin]\n"
-    << "listen = " << quote(cfg.admin.listen) << "\n\n"
-    << "[log]\n"
-    << "format = " << quote(cfg.log.format) << "\n"
-    << "level = " << quote(cfg.log.level) << "\n\n"
-    << "[relay]\n"
-    << "max_pending_per_endpoint = " << cfg.relay.max_pending_per_endpoint << "\n"
-    << "shutdown_timeout = " << quote(format_duration(cfg.relay.shutdown_timeout)) << "\n"
-    << "watchdog_interval = " << quote(format_duration(cfg.relay.watchdog_interval)) << "\n";
+  o << "# Effective configuration (secrets and the database password masked)\n";
+  std::string_view section;
+  for (const auto& k : section_keys) {
+    if (k.section != section) o << "\n[" << k.section << "]\n";
+    section = k.section;
+    o << k.name << " = " << toml_value(masked(k.secret, k.get(cfg))) << "\n";
+  }
   for (const auto& ep : cfg.endpoints) {
-    o << "\n[endpoints." << ep.name << "]\n"
-      << "url = " << quote(ep.target.to_string()) << "\n"
-      << "secrets = [";
-    for (std::size_t i = 0; i < ep.secrets.size(); ++i) o << (i ? ", " : "") << quote("whsec_***");
-    o << "]\nkinds = [";
-    for (std::size_t i = 0; i < ep.kinds.size(); ++i) o << (i ? ", " : "") << quote(kind_name(ep.kinds[i]));
-    o << "]\n"
-      << "max_in_flight = " << ep.max_in_flight << "\n"
-      << "timeout = " << quote(format_duration(ep.timeout)) << "\n"
-      << "ca_file = " << quote(ep.tls.ca_file) << "\n"
-      << "client_cert_file = " << quote(ep.tls.client_cert_file) << "\n"
-      << "client_key_file = " << quote(ep.tls.client_key_file) << "\n"
-      << "verify_peer = " << (ep.tls.verify_peer ? "true" : "false") << "\n";
+    o << "\n[endpoints." << ep.name << "]\n";
+    for (const auto& k : endpoint_keys)
+      if (k.get) o << k.name << " = " << toml_value(masked(k.secret, k.get(ep))) << "\n";
   }
   return o.str();
+}
+
+std::vector<std::string> keys_needing_restart(const config& running, const config& next) {
+  std::vector<std::string> out;
+  append_restart_only_changes(section_keys, running, next, "", out);
+  // Endpoints added or removed are applied; only one present in both can have a restart-only change.
+  for (const auto& ep : next.endpoints) {
+    auto old = std::find_if(running.endpoints.begin(), running.endpoints.end(),
+                            [&](const endpoint_config& e) { return e.name == ep.name; });
+    if (old != running.endpoints.end()) append_restart_only_changes(endpoint_keys, *old, ep, ep.name, out);
+  }
+  return out;
+}
+
+std::vector<config_key> config_keys() {
+  std::vector<config_key> out;
+  describe_keys(section_keys, config{}, out);
+  describe_keys(endpoint_keys, new_endpoint("default"), out);
+  return out;
 }
 
 }  // namespace appointment_relay

@@ -1,6 +1,12 @@
 #include "appointment_relay/cli.hpp"
 
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
 #include <gtest/gtest.h>
+
+#include "appointment_relay/config.hpp"
 
 namespace appointment_relay::cli {
 namespace {
@@ -93,6 +99,50 @@ TEST(cli, should_document_usage_options_exit_codes_and_an_example_in_each_help) 
   EXPECT_NE(help_text(command::status).find("--json"), std::string::npos);
   for (auto name : {"run", "migrate", "check-config", "status", "replay", "version"})
     EXPECT_NE(help_text(command::help).find(name), std::string::npos) << name;
+}
+
+// Holds what a text says about SIGHUP to the configuration's key table: "SIGHUP ... applies <the
+// reloadable keys, or their tables> ... Other changes (<the restart-only keys>) need a restart".
+void expect_the_reload_rules_of_the_key_table(std::string text) {
+  for (auto& c : text)
+    if (c == '\n') c = ' ';
+  auto sighup = text.find("SIGHUP");
+  auto other = text.find("Other changes", sighup);
+  auto restart = text.find("need a restart", other);
+  ASSERT_NE(restart, std::string::npos) << text;
+  const std::string applied = text.substr(sighup, other - sighup);
+  const std::string needs_restart = text.substr(other, restart - other);
+  auto names = [](const std::string& part, const std::string& what) {
+    return part.find(what) != std::string::npos;
+  };
+  const auto keys = config_keys();
+  for (const auto& k : keys) {
+    const std::string key = k.section + "." + k.name;
+    const std::string table = k.section == "endpoints" ? "[endpoints.NAME]" : "[" + k.section + "]";
+    if (k.reloadable) {
+      EXPECT_TRUE(names(applied, key) || names(applied, table)) << key << " is applied: " << applied;
+      EXPECT_FALSE(names(needs_restart, key)) << key << " is applied: " << needs_restart;
+    } else {
+      EXPECT_TRUE(names(needs_restart, key)) << key << " needs a restart: " << needs_restart;
+      EXPECT_FALSE(names(applied, key)) << key << " needs a restart: " << applied;
+      EXPECT_FALSE(names(applied, table)) << key << " needs a restart, its table is named: " << applied;
+    }
+  }
+}
+
+TEST(cli, should_say_in_the_run_help_what_sighup_applies_and_what_needs_a_restart) {
+  expect_the_reload_rules_of_the_key_table(help_text(command::run));
+}
+
+TEST(cli, should_say_in_the_readme_what_sighup_applies_as_the_run_help_does) {
+  std::ifstream in(std::filesystem::path(APPOINTMENT_RELAY_SOURCE_DIR) / "README.md");
+  std::stringstream readme;
+  readme << in.rdbuf();
+  const std::string text = readme.str();
+  auto start = text.find("- Signals:");
+  ASSERT_NE(start, std::string::npos);
+  auto end = text.find("\n- ", start);
+  expect_the_reload_rules_of_the_key_table(text.substr(start, end - start));
 }
 
 TEST(cli, should_print_the_version_for_the_flag_and_the_command) {

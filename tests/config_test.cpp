@@ -499,6 +499,161 @@ TEST(config, should_render_the_effective_config_as_toml_without_any_secret) {
   EXPECT_EQ(parsed["relay"]["max_pending_per_endpoint"].value_or(0), 2000);
 }
 
+TEST(config, should_read_back_the_config_it_renders) {
+  // Without secrets nothing is masked, so the rendered text must load as the same configuration: the
+  // renderer and the parser read one table.
+  temp_dir dir;
+  auto file =
+      dir.write("relay.toml",
+                "[database]\nurl = \"host=db dbname=canvas\"\nretention = \"3d\"\nbatch_size = 7\n"
+                "[retry]\nmax_delay = \"90s\"\nmax_attempts = 3\n[admin]\nlisten = \"\"\n"
+                "[relay]\nshutdown_timeout = \"1500ms\"\n"
+                "[endpoints.crm]\nurl = \"https://crm.example.com:8443/h?x=\\\"1\\\"\"\n"
+                "kinds = [\"checked_in\", \"created\"]\nca_file = \"/etc/c a.pem\"\nverify_peer = false\n"
+                "[endpoints.erp]\nurl = \"http://127.0.0.1:9/e\"\n");
+  auto text = render_config(load_config(file, {}));
+  // An endpoint without a secret renders as "secrets = []", which a file may not say (a secrets key holds
+  // at least one): the line goes before reading back.
+  std::string readable = text;
+  for (std::size_t at; (at = readable.find("secrets = []\n")) != std::string::npos;) readable.erase(at, 13);
+  auto again = render_config(load_config(dir.write("rendered.toml", readable), {}));
+  EXPECT_EQ(again, text);
+  EXPECT_NE(text.find("batch_size = 7\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("[endpoints.erp]\n"), std::string::npos) << text;
+}
+
+// A running configuration from the environment, with an endpoint and a database password.
+config running_config() {
+  env_map env{{"APPOINTMENT_RELAY_DATABASE_URL", "postgresql://relay:pw@db/canvas"},
+              {"APPOINTMENT_RELAY_ENDPOINTS_CRM_URL", "https://crm.example.com/hooks"},
+              {"APPOINTMENT_RELAY_ENDPOINTS_CRM_SECRETS", secret_a}};
+  return load_config(std::nullopt, env);
+}
+
+TEST(config, should_need_no_restart_for_what_a_reload_applies) {
+  const config running = running_config();
+  struct row {
+    std::string what;
+    void (*change)(config&);
+  };
+  const std::vector<row> rows{
+      {"nothing", [](config&) {}},
+      {"log.level", [](config& c) { c.log.level = "debug"; }},
+      {"database.batch_size", [](config& c) { c.database.batch_size = 10; }},
+      {"retry.base_delay", [](config& c) { c.retry.base_delay = 3s; }},
+      {"retry.max_delay", [](config& c) { c.retry.max_delay = 1h; }},
+      {"retry.max_age", [](config& c) { c.retry.max_age = 1h; }},
+      {"retry.max_attempts", [](config& c) { c.retry.max_attempts = 5; }},
+      {"relay.max_pending_per_endpoint", [](config& c) { c.relay.max_pending_per_endpoint = 3; }},
+      {"relay.shutdown_timeout", [](config& c) { c.relay.shutdown_timeout = 1s; }},
+      {"endpoint url", [](config& c) { c.endpoints[0].target.host = "other.example.com"; }},
+      {"endpoint secrets", [](config& c) { c.endpoints[0].secrets = {secret_b}; }},
+      {"endpoint kinds", [](config& c) { c.endpoints[0].kinds = {notification_kind::created}; }},
+      {"endpoint tls", [](config& c) { c.endpoints[0].tls.verify_peer = false; }},
+      {"endpoint max_in_flight", [](config& c) { c.endpoints[0].max_in_flight = 1; }},
+      {"endpoint timeout", [](config& c) { c.endpoints[0].timeout = 1s; }},
+      {"endpoint added",
+       [](config& c) { c.endpoints.push_back(c.endpoints[0]), c.endpoints[1].name = "erp"; }},
+      {"endpoint removed", [](config& c) { c.endpoints.clear(); }},
+  };
+  for (const auto& r : rows) {
+    config next = running;
+    r.change(next);
+    EXPECT_EQ(keys_needing_restart(running, next), std::vector<std::string>{}) << r.what;
+  }
+}
+
+TEST(config, should_name_each_key_that_needs_a_restart) {
+  const config running = running_config();
+  struct row {
+    std::string key;
+    void (*change)(config&);
+  };
+  const std::vector<row> rows{
+      {"database.url", [](config& c) { c.database.url = "postgresql://relay:pw@db2/canvas"; }},
+      // Only the password differs: masked, the two would look alike.
+      {"database.url", [](config& c) { c.database.url = "postgresql://relay:other@db/canvas"; }},
+      {"database.poll_interval", [](config& c) { c.database.poll_interval = 1s; }},
+      {"database.retention", [](config& c) { c.database.retention = 1h; }},
+      {"admin.listen", [](config& c) { c.admin.listen = ""; }},
+      {"log.format", [](config& c) { c.log.format = "json"; }},
+      {"relay.watchdog_interval", [](config& c) { c.relay.watchdog_interval = 30s; }},
+  };
+  for (const auto& r : rows) {
+    config next = running;
+    r.change(next);
+    EXPECT_EQ(keys_needing_restart(running, next), std::vector<std::string>{r.key}) << r.key;
+  }
+}
+
+TEST(config, should_name_several_keys_needing_a_restart_in_table_order_among_applied_changes) {
+  const config running = running_config();
+  config next = running;
+  next.relay.watchdog_interval = 20s;
+  next.log.level = "warn";
+  next.admin.listen = "127.0.0.1:1";
+  next.endpoints.clear();
+  next.database.url = "host=elsewhere";
+  EXPECT_EQ(keys_needing_restart(running, next),
+            (std::vector<std::string>{"database.url", "admin.listen", "relay.watchdog_interval"}));
+}
+
+// The sample file's keys (commented out or not) per "section.key", "endpoints.*.key" for an endpoint's,
+// with the comment lines that precede each since the previous key or table header.
+std::map<std::string, std::string> sample_key_comments() {
+  std::ifstream in(std::filesystem::path(APPOINTMENT_RELAY_SOURCE_DIR) / "config/appointment-relay.toml");
+  std::map<std::string, std::string> keys;
+  std::string line, section, comments;
+  while (std::getline(in, line)) {
+    if (line.starts_with("[")) {
+      section = line.substr(1, line.find(']') - 1);
+      if (section.starts_with("endpoints.")) section = "endpoints.*";
+      comments.clear();
+      continue;
+    }
+    std::string body = line.starts_with("# ") ? line.substr(2) : line;
+    auto eq = body.find(" = ");
+    bool is_key = eq != std::string::npos && eq > 0 &&
+                  body.find_first_not_of("abcdefghijklmnopqrstuvwxyz_") == eq && !section.empty();
+    if (is_key) {
+      keys[section + "." + body.substr(0, eq)] = comments + "\n" + body;
+      comments.clear();
+    } else {
+      comments += line + "\n";
+    }
+  }
+  return keys;
+}
+
+std::string sample_name(const config_key& k) {
+  return k.section == "endpoints" ? "endpoints.*." + k.name : k.section + "." + k.name;
+}
+
+TEST(config, should_mark_exactly_the_keys_needing_a_restart_in_the_sample_config) {
+  auto sample = sample_key_comments();
+  for (const auto& k : config_keys()) {
+    auto it = sample.find(sample_name(k));
+    ASSERT_NE(it, sample.end()) << sample_name(k) << " is not in the sample config";
+    bool marked = it->second.find("(restart to change)") != std::string::npos;
+    EXPECT_EQ(marked, !k.reloadable) << sample_name(k) << ":\n" << it->second;
+  }
+}
+
+TEST(config, should_document_every_key_with_its_default_in_the_sample_config) {
+  auto sample = sample_key_comments();
+  std::size_t documented = 0;
+  for (const auto& k : config_keys()) {
+    ASSERT_EQ(sample.count(sample_name(k)), 1u) << sample_name(k);
+    if (!k.default_value || k.secret) continue;  // required, or a secret: the sample shows a placeholder
+    EXPECT_NE(sample[sample_name(k)].find(k.name + " = " + *k.default_value), std::string::npos)
+        << sample_name(k) << " = " << *k.default_value << ":\n"
+        << sample[sample_name(k)];
+    ++documented;
+  }
+  EXPECT_EQ(documented, config_keys().size() - 4);  // but database.url, endpoint url, secrets, secret_file
+  EXPECT_EQ(sample.size(), config_keys().size());   // and nothing the table does not know
+}
+
 TEST(config, should_mask_the_database_password_in_uris_and_conninfo) {
   struct row {
     std::string in, out;

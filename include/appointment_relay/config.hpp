@@ -40,6 +40,9 @@ struct config {
     std::chrono::milliseconds poll_interval{5000};
     std::chrono::seconds retention{std::chrono::hours(24 * 7)};
     std::size_t batch_size = 1000;  // rows per read
+    // Fencing: an active instance that has not confirmed its leadership for this long stops sending, and a
+    // new leader waits this long after taking the lock (db_worker_settings::lease).
+    std::chrono::milliseconds leader_lease{5000};
   } database;
   std::vector<endpoint_config> endpoints;  // at least one for `run`
   retry_settings retry;
@@ -70,5 +73,24 @@ std::string render_config(const config& cfg);
 
 // A database URL or conninfo with its password replaced by "***", for logs.
 std::string mask_database_url(const std::string& url);
+
+// Keys whose value differs between the running and the reloaded configuration but that take effect only
+// after a restart, as "section.key" (e.g. "database.url", "admin.listen"), in table order. Empty when a
+// reload applies everything that changed.
+std::vector<std::string> keys_needing_restart(const config& running, const config& next);
+
+// One row of the key table that drives load_config, render_config and keys_needing_restart, for the
+// documentation and the tests that hold it to the table (the sample file, --help).
+struct config_key {
+  std::string section;  // "database"; "endpoints" for the keys of every [endpoints.NAME] table
+  std::string name;     // "url"
+  // As render_config writes it; none for a required key and for secret_file (another way to give secrets).
+  std::optional<std::string> default_value;
+  bool secret = false;      // masked by render_config
+  bool reloadable = false;  // SIGHUP applies a change; otherwise it waits for a restart
+};
+
+// Every key, in table order: the sections first, then the keys of an endpoint.
+std::vector<config_key> config_keys();
 
 }  // namespace appointment_relay
