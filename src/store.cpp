@@ -4,14 +4,16 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <deque>
 #include <fstream>
-#include <limits>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 
+#include <pg_config.h>  // PG_VERSION_NUM: the version of the libpq built against
+#include <spdlog/spdlog.h>
 #include <pqxx/pqxx>
+
+#include "appointment_relay/read_position.hpp"
 
 namespace appointment_relay {
 namespace {
@@ -23,37 +25,6 @@ constexpr const char* notify_channel = "appointment_relay";
 
 bool is_uri(const std::string& url) {
   return url.rfind("postgresql://", 0) == 0 || url.rfind("postgres://", 0) == 0;
-}
-
-// The caller's connection string plus TCP keepalives, a connect timeout and our application_name, each
-// unless the caller set it already.
-std::string with_connection_options(const std::string& url) {
-  static const std::pair<const char*, const char*> options[] = {
-      {"keepalives", "1"},       {"keepalives_idle", "10"}, {"keepalives_interval", "5"},
-      {"keepalives_count", "3"}, {"connect_timeout", "10"}, {"application_name", "appointment-relay"},
-  };
-  std::string out = url;
-  bool uri = is_uri(url);
-  bool has_query = uri && url.find('?') != std::string::npos;
-  for (const auto& [key, value] : options) {
-    std::string k = std::string(key) + "=";
-    // Good enough: "keepalives=" is not a suffix of another option name we add, and the others are unique.
-    bool present = false;
-    for (auto pos = out.find(k); pos != std::string::npos; pos = out.find(k, pos + 1)) {
-      char before = pos == 0 ? ' ' : out[pos - 1];
-      if (before == ' ' || before == '?' || before == '&') present = true;
-    }
-    if (present) continue;
-    if (uri) {
-      out += has_query ? '&' : '?';
-      has_query = true;
-      out += k + value;
-    } else {
-      if (!out.empty()) out += ' ';
-      out += k + value;
-    }
-  }
-  return out;
 }
 
 std::string read_text(const std::filesystem::path& p) {
@@ -110,14 +81,47 @@ const char* to_text(delivery_state s) {
   return "retrying";
 }
 
-// The columns of one pending event: outbox o LEFT JOIN delivery d (d may be absent).
+// The columns of one outbox row o LEFT JOIN its delivery d for the endpoint (d may be absent), read by name.
+// `done`: delivered, dead or replayed there already (the main read returns such rows only as read markers).
 constexpr const char* event_columns =
-    "o.id, floor(extract(epoch FROM o.captured_at) * 1000000)::bigint, o.source_table, o.operation, o.state, "
-    "o.appointment_id, o.appointment_external_id, o.rescheduled_from_id, "
-    "floor(extract(epoch FROM o.start_time))::bigint, o.duration_minutes, o.entered_in_error, o.patient_id, "
-    "o.patient_key, d.attempts, floor(extract(epoch FROM d.first_attempt_at) * 1000)::bigint, "
-    "floor(extract(epoch FROM d.next_attempt_at) * 1000)::bigint";
-constexpr int event_column_count = 16;
+    "o.id AS id, floor(extract(epoch FROM o.captured_at) * 1000000)::bigint AS captured_at_us,"
+    " o.source_table, o.operation, o.state, o.appointment_id, o.appointment_external_id,"
+    " o.rescheduled_from_id, floor(extract(epoch FROM o.start_time))::bigint AS start_time,"
+    " o.duration_minutes, o.entered_in_error, o.patient_id, o.patient_key, d.attempts,"
+    " floor(extract(epoch FROM d.first_attempt_at) * 1000)::bigint AS first_attempt_ms,"
+    " floor(extract(epoch FROM d.next_attempt_at) * 1000)::bigint AS next_attempt_ms,"
+    " coalesce(d.state <> 'retrying', false) AS done";
+
+// One probe of the delivery table per outbox row (OFFSET 0 keeps the planner from turning it into a merge
+// join that scans and sorts the whole delivery table each read). $1: the endpoint.
+constexpr const char* delivery_join =
+    " LEFT JOIN LATERAL (SELECT * FROM appointment_relay.delivery d"
+    "  WHERE d.event_id = o.id AND d.endpoint = $1 OFFSET 0) d ON true";
+
+// The column numbers of event_columns in one result, looked up by name once per result.
+struct event_fields {
+  explicit event_fields(const pqxx::result& r)
+      : id(r.column_number("id")),
+        captured_at_us(r.column_number("captured_at_us")),
+        source_table(r.column_number("source_table")),
+        operation(r.column_number("operation")),
+        state(r.column_number("state")),
+        appointment_id(r.column_number("appointment_id")),
+        appointment_external_id(r.column_number("appointment_external_id")),
+        rescheduled_from_id(r.column_number("rescheduled_from_id")),
+        start_time(r.column_number("start_time")),
+        duration_minutes(r.column_number("duration_minutes")),
+        entered_in_error(r.column_number("entered_in_error")),
+        patient_id(r.column_number("patient_id")),
+        patient_key(r.column_number("patient_key")),
+        attempts(r.column_number("attempts")),
+        first_attempt_ms(r.column_number("first_attempt_ms")),
+        next_attempt_ms(r.column_number("next_attempt_ms")),
+        done(r.column_number("done")) {}
+  pqxx::row::size_type id, captured_at_us, source_table, operation, state, appointment_id,
+      appointment_external_id, rescheduled_from_id, start_time, duration_minutes, entered_in_error,
+      patient_id, patient_key, attempts, first_attempt_ms, next_attempt_ms, done;
+};
 
 std::optional<std::string_view> text_of(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
@@ -129,26 +133,26 @@ std::optional<std::int64_t> int_of(const pqxx::field& f) {
   return f.as<std::int64_t>();
 }
 
-pending_event to_event(const pqxx::row& r, bool replayed) {
+pending_event to_event(const pqxx::row& r, const event_fields& c, bool replayed) {
   pending_event e;
-  e.id = r[0].as<std::int64_t>();
-  e.captured_at_us = r[1].as<std::int64_t>();
+  e.id = r[c.id].as<std::int64_t>();
+  e.captured_at_us = r[c.captured_at_us].as<std::int64_t>();
   outbox_row_text t;
-  t.source_table = text_of(r[2]);
-  t.operation = text_of(r[3]);
-  t.state = text_of(r[4]);
-  t.appointment_id = text_of(r[5]);
-  t.appointment_external_id = text_of(r[6]);
-  t.rescheduled_from_id = text_of(r[7]);
-  t.start_time = text_of(r[8]);
-  t.duration_minutes = text_of(r[9]);
-  t.entered_in_error = text_of(r[10]);
-  t.patient_id = text_of(r[11]);
-  t.patient_key = text_of(r[12]);
+  t.source_table = text_of(r[c.source_table]);
+  t.operation = text_of(r[c.operation]);
+  t.state = text_of(r[c.state]);
+  t.appointment_id = text_of(r[c.appointment_id]);
+  t.appointment_external_id = text_of(r[c.appointment_external_id]);
+  t.rescheduled_from_id = text_of(r[c.rescheduled_from_id]);
+  t.start_time = text_of(r[c.start_time]);
+  t.duration_minutes = text_of(r[c.duration_minutes]);
+  t.entered_in_error = text_of(r[c.entered_in_error]);
+  t.patient_id = text_of(r[c.patient_id]);
+  t.patient_key = text_of(r[c.patient_key]);
   e.change = decode_outbox_row(t);
-  e.attempts = r[13].is_null() ? 0 : r[13].as<int>();
-  e.first_attempt_ms = int_of(r[14]);
-  e.next_attempt_ms = int_of(r[15]);
+  e.attempts = r[c.attempts].is_null() ? 0 : r[c.attempts].as<int>();
+  e.first_attempt_ms = int_of(r[c.first_attempt_ms]);
+  e.next_attempt_ms = int_of(r[c.next_attempt_ms]);
   e.replayed = replayed;
   return e;
 }
@@ -178,6 +182,42 @@ std::vector<migration_file> list_migrations(const std::filesystem::path& dir) {
 }
 
 }  // namespace
+
+std::string with_connection_options(const std::string& url) {
+  // tcp_user_timeout (libpq 12+; an older libpq refuses an option it does not know; PQlibVersion would
+  // need a direct link to libpq, the headers' version is the one we run with in practice): a query sent on a
+  // connection whose peer vanished (a blackholed route: no RST, keepalives are not sent while data is
+  // unacknowledged) fails after 20 s instead of the kernel's ~15 minutes of retransmissions.
+  constexpr bool has_user_timeout = PG_VERSION_NUM >= 120000;
+  static const std::pair<const char*, const char*> options[] = {
+      {"keepalives", "1"},           {"keepalives_idle", "10"}, {"keepalives_interval", "5"},
+      {"keepalives_count", "3"},     {"connect_timeout", "10"}, {"application_name", "appointment-relay"},
+      {"tcp_user_timeout", "20000"},
+  };
+  std::string out = url;
+  bool uri = is_uri(url);
+  bool has_query = uri && url.find('?') != std::string::npos;
+  for (const auto& [key, value] : options) {
+    if (!has_user_timeout && std::string_view(key) == "tcp_user_timeout") continue;
+    std::string k = std::string(key) + "=";
+    // Good enough: "keepalives=" is not a suffix of another option name we add, and the others are unique.
+    bool present = false;
+    for (auto pos = out.find(k); pos != std::string::npos; pos = out.find(k, pos + 1)) {
+      char before = pos == 0 ? ' ' : out[pos - 1];
+      if (before == ' ' || before == '?' || before == '&') present = true;
+    }
+    if (present) continue;
+    if (uri) {
+      out += has_query ? '&' : '?';
+      has_query = true;
+      out += k + value;
+    } else {
+      if (!out.empty()) out += ' ';
+      out += k + value;
+    }
+  }
+  return out;
+}
 
 std::vector<int> migrate(const std::string& database_url, const std::filesystem::path& migrations_dir) {
   auto files = list_migrations(migrations_dir);
@@ -241,22 +281,97 @@ class counting_receiver final : public pqxx::notification_receiver {
   bool replayed = false;  // `replay` put dead letters back: look for them at the next read
 };
 
-// Where one endpoint has read up to. Outbox ids are allocated at insert, not at commit, so a lower id can
-// become visible after a higher one was read. Every id <= floor is settled (read, done, or will never
-// exist); ids in (floor, top] may still appear, and those already read are in seen. Each read that returned
-// rows leaves a horizon (next_xid, top): next_xid is a transaction id assigned after that read's snapshot,
-// so every transaction that could still add an id <= top has an xid below it (the capture triggers assign
-// the xid before allocating the outbox id). Once a later snapshot's xmin reaches next_xid those transactions
-// are all finished and visible, and after that read the floor may move up to top.
-struct read_position {
-  std::int64_t floor = 0;
-  std::int64_t top = 0;
-  std::set<std::int64_t> seen;
-  struct horizon {
-    std::int64_t next_xid;
-    std::int64_t top;
-  };
-  std::deque<horizon> horizons;
+// Dead letters put back by `replay` (state 'replay'), and, at the first side read of a position, rows left
+// retrying below the watermark. $1 endpoint, $2 first side read, $3 floor, $4 ids handed out already, $5
+// limit.
+const std::string side_read_sql = std::string("SELECT ") + event_columns +
+                                  " FROM appointment_relay.delivery d"
+                                  " JOIN appointment_relay.outbox o ON o.id = d.event_id"
+                                  " WHERE d.endpoint = $1 AND (d.state = 'replay' OR ($2 AND d.state = "
+                                  "'retrying' AND d.event_id <= $3))"
+                                  " AND NOT (d.event_id = ANY ($4::bigint[]))"
+                                  " ORDER BY o.id LIMIT $5";
+
+// The main read (read_position.hpp), one statement, so one snapshot and one round trip:
+//   $1 endpoint, $2 top, $3/$4 the holes' first and last ids, $5 how many pending events at most,
+//   $6 a watermark to write (0: none).
+// The snapshot comes from txid_current_snapshot(), which assigns no transaction id. The holes' bound is the
+// next unassigned transaction id, read after the snapshot without assigning one: age(xid) measures from
+// it (GetStableLatestTransactionId: the next xid when the transaction has none), taken relative to the
+// snapshot's xmax (32-bit, and never a special xid below 3) and added back to the 64-bit xmax. age() runs
+// in the executor, after the statement's snapshot was taken; its argument comes from the snapshot, so the
+// planner cannot evaluate it earlier.
+// Hole rows come first, at most $5 of them (cut: the caller settles nothing); the page takes what the
+// pending hole rows leave. Rows done already come back too, as markers: without them their ids would look
+// missing. The watermark insert writes (and assigns a transaction id) only when $6 > 0.
+const std::string read_pending_sql =
+    std::string(
+        "WITH snap AS MATERIALIZED ("
+        " SELECT txid_snapshot_xmin(s) AS xmin, CASE WHEN txid_snapshot_xmax(s) % 4294967296 < 3"
+        "  THEN txid_snapshot_xmax(s) - 3 ELSE txid_snapshot_xmax(s) END AS ref"
+        " FROM (SELECT txid_current_snapshot() AS s) AS q),"
+        " bound AS MATERIALIZED ("
+        " SELECT xmin, ref + age((ref % 4294967296)::text::xid) AS next_xid FROM snap),"
+        " late AS MATERIALIZED (SELECT ") +
+    event_columns +
+    " FROM unnest($3::bigint[], $4::bigint[]) AS h(first_id, last_id)"
+    " JOIN appointment_relay.outbox o ON o.id BETWEEN h.first_id AND h.last_id" +
+    delivery_join +
+    " ORDER BY o.id LIMIT $5),"
+    " page AS MATERIALIZED (SELECT " +
+    event_columns + " FROM appointment_relay.outbox o" + delivery_join +
+    " WHERE o.id > $2 ORDER BY o.id LIMIT greatest(0, $5 - (SELECT count(*) FROM late WHERE NOT done))),"
+    " watermark AS ("
+    " INSERT INTO appointment_relay.endpoint_cursor AS c (endpoint, done_through, updated_at)"
+    " SELECT $1, $6::bigint, now() WHERE $6::bigint > 0"
+    " ON CONFLICT (endpoint) DO UPDATE"
+    " SET done_through = GREATEST(c.done_through, EXCLUDED.done_through), updated_at = now()"
+    " RETURNING 1)"
+    " SELECT rows.*, bound.xmin AS snapshot_xmin, bound.next_xid AS next_xid,"
+    " (SELECT count(*) FROM watermark) AS watermarks_written"
+    " FROM bound LEFT JOIN ("
+    "  SELECT true AS in_hole, * FROM late UNION ALL SELECT false AS in_hole, * FROM page) AS rows ON true"
+    " ORDER BY rows.id";
+
+// Outcomes and watermarks in one statement: atomic without a transaction block, so one round trip (a
+// BEGIN ... COMMIT would cost three more, each a wake-up of the database thread).
+constexpr const char* record_sql =
+    "WITH outcomes AS ("
+    " INSERT INTO appointment_relay.delivery AS d (event_id, endpoint, state, attempts, first_attempt_at,"
+    "  last_attempt_at, next_attempt_at, delivered_at, last_error, dead_reason)"
+    " SELECT u.event_id, u.endpoint, u.state, u.attempts, to_timestamp(u.first_ms / 1000.0),"
+    "  to_timestamp(u.last_ms / 1000.0), to_timestamp(u.next_ms / 1000.0),"
+    "  CASE WHEN u.state = 'delivered' THEN coalesce(to_timestamp(u.last_ms / 1000.0), now()) END,"
+    "  NULLIF(u.last_error, ''), NULLIF(u.dead_reason, '')"
+    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::bigint[],"
+    "  $7::bigint[], $8::text[], $9::text[])"
+    "  AS u(event_id, endpoint, state, attempts, first_ms, last_ms, next_ms, last_error, dead_reason)"
+    // An event purged meanwhile has nothing left to record (and would break the foreign key).
+    " WHERE EXISTS (SELECT 1 FROM appointment_relay.outbox o WHERE o.id = u.event_id)"
+    " ON CONFLICT (event_id, endpoint) DO UPDATE SET state = EXCLUDED.state, attempts = EXCLUDED.attempts,"
+    "  first_attempt_at = EXCLUDED.first_attempt_at, last_attempt_at = EXCLUDED.last_attempt_at,"
+    "  next_attempt_at = EXCLUDED.next_attempt_at, delivered_at = EXCLUDED.delivered_at,"
+    "  last_error = EXCLUDED.last_error, dead_reason = EXCLUDED.dead_reason"
+    " RETURNING 1),"
+    " watermarks AS ("
+    " INSERT INTO appointment_relay.endpoint_cursor AS c (endpoint, done_through, updated_at)"
+    " SELECT w.endpoint, w.done_through, now() FROM unnest($10::text[], $11::bigint[]) AS w(endpoint,"
+    "  done_through)"
+    " ON CONFLICT (endpoint) DO UPDATE"
+    " SET done_through = GREATEST(c.done_through, EXCLUDED.done_through), updated_at = now()"
+    " RETURNING 1)"
+    " SELECT (SELECT count(*) FROM outcomes), (SELECT count(*) FROM watermarks)";
+
+// Sets the settings that the server has, in one round trip; returns the names it has.
+constexpr const char* set_session_sql =
+    "SELECT s.name, set_config(s.name, s.value, false)"
+    " FROM unnest($1::text[], $2::text[]) AS s(name, value)"
+    " WHERE s.name IN (SELECT name FROM pg_catalog.pg_settings)";
+
+// One endpoint's reader: its read position (read_position.hpp) and its side read of replayed dead letters.
+struct endpoint_reader {
+  explicit endpoint_reader(std::int64_t start) : position(start) {}
+  read_position position;
   // Replayed dead letters already handed out, and when to look for new ones.
   std::set<std::int64_t> side_seen;
   bool side_first = true;
@@ -269,9 +384,10 @@ struct store::impl {
   explicit impl(const std::string& url) : conn(with_connection_options(url)) { inhibit_reactivation(conn); }
   pqxx::connection conn;
   std::unique_ptr<counting_receiver> receiver;
-  std::map<std::string, read_position> positions;
+  std::map<std::string, endpoint_reader> positions;
   bool read_prepared = false;
   bool record_prepared = false;
+  read_stats last_read;
 };
 
 store::store(const std::string& database_url) : impl_(std::make_unique<impl>(database_url)) {
@@ -293,6 +409,41 @@ store::~store() = default;
 void store::use_asynchronous_commit() {
   pqxx::nontransaction tx(impl_->conn);
   tx.exec("SET synchronous_commit = off");
+}
+
+void store::use_daemon_session(const session_settings& settings) {
+  auto ms = [](std::chrono::milliseconds d) { return std::to_string(d.count()); };
+  const std::pair<const char*, std::string> wanted[] = {
+      {"tcp_keepalives_idle", std::to_string(settings.keepalives_idle.count())},
+      {"tcp_keepalives_interval", std::to_string(settings.keepalives_interval.count())},
+      {"tcp_keepalives_count", std::to_string(settings.keepalives_count)},
+      {"tcp_user_timeout", ms(settings.tcp_user_timeout)},
+      {"statement_timeout", ms(settings.statement_timeout)},
+      {"idle_session_timeout", ms(settings.idle_session_timeout)},
+  };
+  array_literal names, values;
+  for (const auto& [name, value] : wanted) {
+    names.add(name);
+    values.add(value);
+  }
+  pqxx::nontransaction tx(impl_->conn);
+  auto r = tx.exec_params(set_session_sql, names.str(), values.str());
+  std::set<std::string> applied;
+  for (const auto& row : r) applied.insert(row[0].c_str());
+  for (const auto& [name, value] : wanted)
+    if (!applied.count(name))
+      spdlog::warn(
+          "database: the server has no setting {} (PostgreSQL too old?); the session runs without it", name);
+}
+
+void store::heartbeat() {
+  pqxx::nontransaction tx(impl_->conn);
+  tx.exec("SELECT 1");
+}
+
+std::string store::session_setting(const std::string& name) {
+  pqxx::nontransaction tx(impl_->conn);
+  return tx.exec_params("SELECT current_setting($1)", name)[0][0].c_str();
 }
 
 std::string store::installation_id() {
@@ -328,19 +479,20 @@ void store::reset_read_positions() {
 
 std::vector<pending_event> store::read_pending(const std::string& endpoint, std::size_t limit) {
   std::vector<pending_event> out;
+  impl_->last_read = {};
   if (limit == 0) return out;
   auto& conn = impl_->conn;
+  auto& stats = impl_->last_read;
   auto found = impl_->positions.find(endpoint);
   if (found == impl_->positions.end()) {
     pqxx::nontransaction tx(conn);
     auto r = tx.exec_params("SELECT done_through FROM appointment_relay.endpoint_cursor WHERE endpoint = $1",
                             endpoint);
-    read_position p;
-    p.floor = p.top = r.empty() ? 0 : r[0][0].as<std::int64_t>();
-    found = impl_->positions.emplace(endpoint, std::move(p)).first;
+    found =
+        impl_->positions.emplace(endpoint, endpoint_reader(r.empty() ? 0 : r[0][0].as<std::int64_t>())).first;
   }
-  auto& pos = found->second;
-  const auto lim = static_cast<std::int64_t>(limit);
+  auto& reader = found->second;
+  auto& pos = reader.position;
 
   // Dead letters put back by `replay` (state 'replay', attempts reset) may lie below the floor, so they are
   // read on the side, each once per read position. They keep that state until an outcome is recorded; one
@@ -350,92 +502,89 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
     impl_->receiver->replayed = false;
     for (auto& [name, p] : impl_->positions) p.next_side_read = {};
   }
-  if (pos.side_first || std::chrono::steady_clock::now() >= pos.next_side_read) {
+  if (reader.side_first || std::chrono::steady_clock::now() >= reader.next_side_read) {
     // Also every few seconds, in case the notification was missed.
-    pos.next_side_read = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    reader.next_side_read = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     pqxx::nontransaction tx(conn);
     array_literal side_seen;
-    for (auto id : pos.side_seen) side_seen.add(id);
-    auto r = tx.exec_params(
-        std::string("SELECT ") + event_columns +
-            " FROM appointment_relay.delivery d JOIN appointment_relay.outbox o ON o.id = d.event_id"
-            " WHERE d.endpoint = $1 AND (d.state = 'replay' OR ($2 AND d.state = 'retrying' AND d.event_id "
-            "<= $3))"
-            " AND NOT (d.event_id = ANY ($4::bigint[]))"
-            " ORDER BY o.id LIMIT $5",
-        endpoint, pos.side_first, pos.floor, side_seen.str(), lim);
-    pos.side_first = false;
-    for (const auto& row : r) {
-      out.push_back(to_event(row, true));
-      pos.side_seen.insert(out.back().id);
-      if (out.back().id > pos.floor) pos.seen.insert(out.back().id);
-    }
-  }
-  if (out.size() >= limit) return out;
-  const auto remaining = static_cast<std::int64_t>(limit - out.size());
-
-  std::int64_t xmin = 0;
-  std::optional<std::int64_t> next_xid;
-  std::size_t fresh = 0;
-  std::int64_t last_id = 0;
-  {
-    // One statement, so one snapshot: its xmin, the rows it sees and, when there are rows, a transaction id
-    // assigned during the statement, hence after its snapshot (the horizon of read_position). One round trip.
-    if (!impl_->read_prepared) {
-      impl_->conn.prepare(
-          "ar_read_pending",
-          std::string("WITH snap AS MATERIALIZED (SELECT txid_snapshot_xmin(txid_current_snapshot()) "
-                      "AS xmin), rows AS MATERIALIZED (SELECT ") +
-              event_columns +
-              " FROM appointment_relay.outbox o"
-              // One index probe per outbox row (OFFSET 0 keeps the planner from turning it
-              // into a merge join that scans and sorts the whole delivery table each read).
-              " LEFT JOIN LATERAL (SELECT * FROM appointment_relay.delivery d"
-              "  WHERE d.event_id = o.id AND d.endpoint = $1 OFFSET 0) d ON true"
-              " WHERE o.id > $2 AND (d.state IS NULL OR d.state = 'retrying')"
-              " AND NOT (o.id = ANY ($3::bigint[]))"
-              " ORDER BY o.id LIMIT $4)"
-              " SELECT rows.*, (SELECT xmin FROM snap),"
-              " (SELECT CASE WHEN EXISTS (SELECT 1 FROM rows) THEN txid_current() END)"
-              " FROM (SELECT 1) AS one LEFT JOIN rows ON true ORDER BY 1");
-      impl_->read_prepared = true;
-    }
-    pqxx::nontransaction tx(conn);
-    array_literal seen;
-    for (auto id : pos.seen) seen.add(id);
-    auto r = tx.exec_prepared("ar_read_pending", endpoint, pos.floor, seen.str(), remaining);
-    constexpr int xmin_column = event_column_count, next_xid_column = event_column_count + 1;
-    xmin = r[0][xmin_column].as<std::int64_t>();
-    next_xid = int_of(r[0][next_xid_column]);
-    for (const auto& row : r) {
-      if (row[0].is_null()) break;  // no rows: the one line carries only the snapshot
-      ++fresh;
-      out.push_back(to_event(row, false));
-      last_id = out.back().id;
-      pos.seen.insert(last_id);
-      pos.top = std::max(pos.top, last_id);
+    for (auto id : reader.side_seen) side_seen.add(id);
+    auto r = tx.exec_params(side_read_sql, endpoint, reader.side_first, pos.floor(), side_seen.str(),
+                            static_cast<std::int64_t>(limit));
+    reader.side_first = false;
+    ++stats.statements;
+    stats.rows += r.size();
+    if (!r.empty()) {
+      const event_fields f(r);
+      for (const auto& row : r) {
+        out.push_back(to_event(row, f, true));
+        reader.side_seen.insert(out.back().id);
+      }
     }
   }
 
-  // Everything visible in (floor, bound] has now been read; with a full page, rows past the last may remain.
-  const std::int64_t bound =
-      fresh == static_cast<std::size_t>(remaining) ? last_id : std::numeric_limits<std::int64_t>::max();
-  while (!pos.horizons.empty() && pos.horizons.front().next_xid <= xmin) {
-    const auto h = pos.horizons.front();
-    pos.floor = std::max(pos.floor, std::min(h.top, bound));
-    if (h.top > bound) break;
-    pos.horizons.pop_front();
+  if (!impl_->read_prepared) {
+    conn.prepare("ar_read_pending", read_pending_sql);
+    impl_->read_prepared = true;
   }
-  pos.seen.erase(pos.seen.begin(), pos.seen.upper_bound(pos.floor));
-  if (next_xid && pos.top > pos.floor && (pos.horizons.empty() || pos.horizons.back().top < pos.top))
-    pos.horizons.push_back({*next_xid, pos.top});
+  // One statement, unless a page held rows done already (after a restart below a lagging watermark): then
+  // the next page, so that a short answer still means "nothing more to read now".
+  while (out.size() < limit) {
+    const auto remaining = static_cast<std::int64_t>(limit - out.size());
+    const auto holes = pos.holes();
+    array_literal firsts, lasts;
+    for (const auto& h : holes) {
+      firsts.add(h.first);
+      lasts.add(h.last);
+    }
+    const auto watermark = pos.watermark_to_write();
+    pqxx::result r;
+    {
+      pqxx::nontransaction tx(conn);
+      r = tx.exec_prepared("ar_read_pending", endpoint, pos.top(), firsts.str(), lasts.str(), remaining,
+                           watermark.value_or(0));
+    }
+    ++stats.statements;
+    stats.holes_probed = std::max(stats.holes_probed, holes.size());
+    const event_fields f(r);
+    const auto in_hole = r.column_number("in_hole");
+    read_observation seen;
+    seen.xmin = r[0][r.column_number("snapshot_xmin")].as<std::int64_t>();
+    seen.next_xid = r[0][r.column_number("next_xid")].as<std::int64_t>();
+    std::int64_t late_rows = 0, late_pending = 0, page_rows = 0;
+    for (const auto& row : r) {
+      if (row[f.id].is_null()) break;  // no rows: the one line carries only the snapshot
+      ++stats.rows;
+      const auto id = row[f.id].as<std::int64_t>();
+      // A replayed row handed out by the side read may come here too, once its outcome is recorded.
+      const bool pending = !row[f.done].as<bool>() && !reader.side_seen.count(id);
+      if (row[in_hole].as<bool>()) {
+        ++late_rows;
+        if (!row[f.done].as<bool>()) ++late_pending;
+        seen.found_ids.push_back(id);
+        if (pending) seen.found_pending_ids.push_back(id);
+      } else {
+        ++page_rows;
+        seen.page_ids.push_back(id);
+      }
+      if (pending) out.push_back(to_event(row, f, false));
+    }
+    seen.holes_probed = late_rows < remaining;
+    pos.apply(seen);
+    if (watermark && r[0][r.column_number("watermarks_written")].as<std::int64_t>() > 0)
+      pos.written(*watermark);
+    const auto page_limit = std::max<std::int64_t>(0, remaining - late_pending);
+    if (page_limit == 0 || page_rows < page_limit) break;
+  }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
   return out;
 }
 
+read_stats store::last_read_stats() const {
+  return impl_->last_read;
+}
+
 void store::record(const std::vector<delivery_update>& updates,
                    const std::map<std::string, std::int64_t>& done_through) {
-  if (updates.empty() && done_through.empty()) return;
   // One row per (event, endpoint), the last outcome wins: ON CONFLICT cannot touch a row twice.
   std::map<std::pair<std::int64_t, std::string_view>, const delivery_update*> last;
   for (const auto& u : updates) last[{u.event_id, u.endpoint}] = &u;
@@ -451,51 +600,31 @@ void store::record(const std::vector<delivery_update>& updates,
     errors.add(u->last_error);
     reasons.add(u->dead_reason);
   }
-  // A watermark never passes this session's floor: below it no late-committed row can still appear.
-  array_literal names, values;
+  // A watermark never passes this session's floor: below it no late-committed row can still appear. What is
+  // wanted beyond it is kept (read_position::want) and written once the floor allows, here or at a read.
   for (const auto& [name, id] : done_through) {
     auto pos = impl_->positions.find(name);
-    if (pos == impl_->positions.end()) continue;  // read positions were reset: the caller's view is stale
-    names.add(name);
-    values.add(std::min(id, pos->second.floor));
+    if (pos != impl_->positions.end()) pos->second.position.want(id);
+    // else: read positions were reset, the caller's view is stale
   }
-  if (last.empty() && names.str() == "{}") return;
-  // Outcomes and watermarks in one statement: atomic without a transaction block, so one round trip (a
-  // BEGIN ... COMMIT would cost three more, each a wake-up of this thread).
+  array_literal names, values;
+  std::vector<std::pair<read_position*, std::int64_t>> writing;
+  for (auto& [name, reader] : impl_->positions) {
+    if (auto v = reader.position.watermark_to_write()) {
+      names.add(name);
+      values.add(*v);
+      writing.emplace_back(&reader.position, *v);
+    }
+  }
+  if (last.empty() && writing.empty()) return;
   if (!impl_->record_prepared) {
-    impl_->conn.prepare(
-        "ar_record",
-        "WITH outcomes AS ("
-        " INSERT INTO appointment_relay.delivery AS d (event_id, endpoint, state, attempts, first_attempt_at,"
-        "  last_attempt_at, next_attempt_at, delivered_at, last_error, dead_reason)"
-        " SELECT u.event_id, u.endpoint, u.state, u.attempts, to_timestamp(u.first_ms / 1000.0),"
-        "  to_timestamp(u.last_ms / 1000.0), to_timestamp(u.next_ms / 1000.0),"
-        "  CASE WHEN u.state = 'delivered' THEN coalesce(to_timestamp(u.last_ms / 1000.0), now()) END,"
-        "  NULLIF(u.last_error, ''), NULLIF(u.dead_reason, '')"
-        " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::bigint[],"
-        "  $7::bigint[], $8::text[], $9::text[])"
-        "  AS u(event_id, endpoint, state, attempts, first_ms, last_ms, next_ms, last_error, dead_reason)"
-        // An event purged meanwhile has nothing left to record (and would break the foreign key).
-        " WHERE EXISTS (SELECT 1 FROM appointment_relay.outbox o WHERE o.id = u.event_id)"
-        " ON CONFLICT (event_id, endpoint) DO UPDATE SET state = EXCLUDED.state, attempts = "
-        "EXCLUDED.attempts,"
-        "  first_attempt_at = EXCLUDED.first_attempt_at, last_attempt_at = EXCLUDED.last_attempt_at,"
-        "  next_attempt_at = EXCLUDED.next_attempt_at, delivered_at = EXCLUDED.delivered_at,"
-        "  last_error = EXCLUDED.last_error, dead_reason = EXCLUDED.dead_reason"
-        " RETURNING 1),"
-        " watermarks AS ("
-        " INSERT INTO appointment_relay.endpoint_cursor AS c (endpoint, done_through, updated_at)"
-        " SELECT w.endpoint, w.done_through, now() FROM unnest($10::text[], $11::bigint[]) AS w(endpoint,"
-        "  done_through)"
-        " ON CONFLICT (endpoint) DO UPDATE"
-        " SET done_through = GREATEST(c.done_through, EXCLUDED.done_through), updated_at = now()"
-        " RETURNING 1)"
-        " SELECT (SELECT count(*) FROM outcomes), (SELECT count(*) FROM watermarks)");
+    impl_->conn.prepare("ar_record", record_sql);
     impl_->record_prepared = true;
   }
   pqxx::nontransaction tx(impl_->conn);
   tx.exec_prepared("ar_record", ids.str(), endpoints.str(), states.str(), attempts.str(), first.str(),
                    lasts.str(), next.str(), errors.str(), reasons.str(), names.str(), values.str());
+  for (auto [pos, v] : writing) pos->written(v);
 }
 
 std::vector<endpoint_status> store::status(const std::vector<std::string>& endpoints) {

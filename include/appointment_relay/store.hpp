@@ -48,6 +48,36 @@ struct endpoint_status {
   std::map<std::string, std::int64_t> dead_by_reason;
 };
 
+// What one read_pending cost in the database: rows the statements returned (pending events, rows already
+// done there, late rows), hole ranges probed, and statements run (one, plus one per page that held only
+// rows done already).
+struct read_stats {
+  std::size_t rows = 0;
+  std::size_t holes_probed = 0;
+  std::size_t statements = 0;
+};
+
+// The daemon's session settings (store::use_daemon_session). With the defaults a dead or frozen peer's
+// session, and the leadership lock it holds, ends within about 20 s: TCP keepalives probe after 5 s idle,
+// every 5 s, 3 times; unacknowledged data fails the connection after 20 s (tcp_user_timeout); a session
+// idle for 20 s outside a transaction is closed (the worker runs a heartbeat every second, so only a frozen
+// peer's session is that idle, e.g. when a proxy keeps its TCP connection open). A zero disables one.
+struct session_settings {
+  std::chrono::seconds keepalives_idle{5};
+  std::chrono::seconds keepalives_interval{5};
+  int keepalives_count = 3;
+  std::chrono::milliseconds tcp_user_timeout{20000};
+  // Long enough for the slowest legitimate statement (status's count over a backlog of millions), short
+  // enough that a stuck one (a lock wait) fails and the worker reconnects instead of hanging.
+  std::chrono::milliseconds statement_timeout{60000};
+  std::chrono::milliseconds idle_session_timeout{20000};
+};
+
+// The caller's connection string plus client-side TCP keepalives, tcp_user_timeout (when libpq has it,
+// 12+), a connect timeout and our application_name, each unless the string sets it already. Keyword/value
+// strings and postgresql:// URIs both.
+std::string with_connection_options(const std::string& url);
+
 struct replay_filter {
   std::optional<std::string> endpoint;
   std::optional<std::int64_t> event_id;
@@ -77,6 +107,19 @@ class store {
   // worst outcome is a re-delivery with the same webhook-id. Not for one-shot commands such as replay.
   void use_asynchronous_commit();
 
+  // The daemon's session settings (see session_settings), set with SET for this session: server-side TCP
+  // keepalives and tcp_user_timeout, statement_timeout and idle_session_timeout. A setting the server lacks
+  // (tcp_user_timeout before 12, idle_session_timeout before 14) is skipped with a warning. Only for the
+  // daemon's connection: the one-shot commands keep the server's defaults.
+  void use_daemon_session(const session_settings& settings = {});
+
+  // One cheap round trip: proves the session (and the leadership lock it holds) is alive, and keeps it from
+  // being idle for idle_session_timeout. Throws when the connection is lost.
+  void heartbeat();
+
+  // The session's current value of a setting (SHOW), e.g. to check use_daemon_session.
+  std::string session_setting(const std::string& name);
+
   // appointment_relay.installation: a random id made by the first migration; part of every webhook-id.
   std::string installation_id();
 
@@ -92,9 +135,17 @@ class store {
   void reset_read_positions();
   // The next events for endpoint, in id order, at most limit: new ones past what was read before (also rows
   // committed late with a lower id, never twice), not delivered or dead there; plus dead letters replayed.
+  // One statement in the usual case, which costs the page plus the few unsettled holes below it (see
+  // read_position.hpp), whatever transactions are open; it assigns no transaction id, unless it also writes
+  // a watermark that the read floor now allows (see record).
   std::vector<pending_event> read_pending(const std::string& endpoint, std::size_t limit);
+  // What the last read_pending cost.
+  read_stats last_read_stats() const;
 
-  // Records outcomes and watermarks (endpoint -> every event up to it is done there), in one transaction.
+  // Records outcomes and watermarks (endpoint -> every event up to it that it was handed is done there), in
+  // one statement. A watermark is written up to the endpoint's read floor, never past a row that may still
+  // appear; the store remembers the part above the floor and writes it later (at a read, or the next
+  // record) once the floor has passed it, so a quiet endpoint's watermark still reaches its last row.
   void record(const std::vector<delivery_update>& updates,
               const std::map<std::string, std::int64_t>& done_through);
 
