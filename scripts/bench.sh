@@ -115,6 +115,7 @@ start_relay() {
   APPOINTMENT_RELAY_DATABASE_URL="$base/$1" \
     APPOINTMENT_RELAY_ENDPOINT_URL="http://127.0.0.1:$receiver_port/webhooks" \
     APPOINTMENT_RELAY_ADMIN_LISTEN=127.0.0.1:0 \
+    APPOINTMENT_RELAY_DATABASE_LEADER_LEASE=200ms \
     APPOINTMENT_RELAY_LOG_LEVEL=${3:-warn} \
     "$relay" run >"$2" 2>&1 &
   relay_pid=$!

@@ -38,8 +38,10 @@ echo "== benchmark smoke run (scripts/bench.sh --quick: tiny sizes, checks that 
 BENCH_SKIP_DEPS=1 BENCH_BUILD_DIR=build scripts/bench.sh --quick
 if [ $quick -eq 0 ]; then
   echo "== AddressSanitizer + UndefinedBehaviorSanitizer build"
+  # At -O1: the sanitizers find the same faults, the build is much faster on 2 cores.
   ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$root/tests/lsan.supp" UBSAN_OPTIONS=print_stacktrace=1 \
-    run_suite build-asan -DAPPOINTMENT_RELAY_SANITIZE=ON -DAPPOINTMENT_RELAY_BENCH=OFF
+    run_suite build-asan -DAPPOINTMENT_RELAY_SANITIZE=ON -DAPPOINTMENT_RELAY_BENCH=OFF \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g -DNDEBUG"
   echo "== libFuzzer: config parser, outbox row decoding + classifier (60 s each)"
   scripts/fuzz.sh
 fi

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -28,6 +29,7 @@ constexpr int purge_batch = 1000;
 
 struct fetch_command {
   std::string endpoint;
+  std::uint64_t session = 0;
   std::size_t limit = 0;
   std::function<void(std::vector<pending_event>)> done;
 };
@@ -83,6 +85,14 @@ struct state {
   std::uint64_t news = 0;                           // notifications (and poll ticks) seen so far
   std::map<std::string, std::uint64_t> read_begun;  // endpoint -> `news` when its last read began
   record_batch records;
+  std::uint64_t session = 0;        // the active session (0: none): fetches of another one are not read
+  std::uint64_t sessions_made = 0;  // the worker thread's count, for the next session number
+  std::string installation;         // the worker thread's copy, for a resumed session
+
+  // Fencing (db_worker_settings::lease): written by the worker thread, read by the io thread's lease timer.
+  std::atomic<std::int64_t> confirmed_ns{0};      // steady clock: the last successful round trip
+  std::atomic<std::uint64_t> leading_session{0};  // the session the io side was told about (0: none)
+  std::atomic<std::uint64_t> lapsed_session{0};   // a session the io side stopped for want of confirmation
 
   void signal() const {
     std::uint64_t one = 1;
@@ -106,6 +116,46 @@ struct state {
       if (cb) cb();
     });
   }
+  // Worker thread: a new active session; the io thread is told (on_active) after the fetches of the previous
+  // session are void.
+  void begin_session(const std::string& installation_id) {
+    std::uint64_t n;
+    {
+      std::lock_guard lock(mutex);
+      n = session = ++sessions_made;
+      installation = installation_id;
+    }
+    confirmed_ns = steady::now().time_since_epoch().count();
+    lapsed_session = 0;
+    leading_session = n;
+    post([cb = callbacks.on_active, installation_id, n] {
+      if (cb) cb(installation_id, n);
+    });
+  }
+  // Worker thread: the connection is gone; nothing is active.
+  void end_session() {
+    std::lock_guard lock(mutex);
+    session = 0;
+    leading_session = 0;
+  }
+  // Worker thread, after a successful round trip: the leadership is confirmed. When the io side had stopped
+  // for want of confirmation (a slow, not a dead, connection: the lock is still ours), it resumes in a new
+  // session (read positions reset).
+  void confirm(store& db) {
+    confirmed_ns = steady::now().time_since_epoch().count();
+    const auto lapsed = lapsed_session.load();
+    if (lapsed == 0 || lapsed != leading_session.load()) return;
+    spdlog::info("database: leadership confirmed again; sending resumes");
+    db.reset_read_positions();
+    std::string id;
+    {
+      std::lock_guard lock(mutex);
+      id = installation;
+    }
+    m.set_database_up(true);
+    begin_session(id);
+  }
+
   void answer(fetch_command& f, std::vector<pending_event> rows) {
     post([done = std::move(f.done), rows = std::move(rows)]() mutable {
       if (done) done(std::move(rows));
@@ -199,6 +249,13 @@ void run_fetches(state& s, store& db) {
     try {
       {
         std::lock_guard lock(s.mutex);
+        if (taken.front().session != s.session) {
+          // Queued by an earlier session: reading it would mark its rows read in this session's position
+          // while its caller drops the answer.
+          s.answer(taken.front(), {});
+          taken.pop_front();
+          continue;
+        }
         s.read_begun[taken.front().endpoint] = s.news;
       }
       auto rows = db.read_pending(taken.front().endpoint, taken.front().limit);
@@ -216,12 +273,18 @@ void run_fetches(state& s, store& db) {
 void active_loop(state& s, store& db) {
   auto next_tick = steady::now() + s.settings.poll_interval;
   auto next_purge = steady::now() + std::chrono::seconds(5);
+  auto next_heartbeat = steady::now() + s.settings.heartbeat;
   for (;;) {
     // Reads first: they are on the latency path, outcome writes are not.
     if (!s.is_stopping()) run_fetches(s, db);
     write_records(s, db);
     if (s.is_stopping()) return;
     auto now = steady::now();
+    if (now >= next_heartbeat) {
+      db.heartbeat();
+      next_heartbeat = now + s.settings.heartbeat;
+    }
+    s.confirm(db);
     if (now >= next_tick) {
       next_tick = now + s.settings.poll_interval;
       s.on_news();
@@ -248,7 +311,10 @@ void active_loop(state& s, store& db) {
     int sock = db.socket();
     if (sock < 0) throw std::runtime_error("the database connection has no socket");
     pollfd fds[2] = {{sock, POLLIN, 0}, {s.wake_fd, POLLIN, 0}};
-    auto timeout = std::chrono::duration_cast<milliseconds>(next_tick - steady::now()).count() + 1;
+    auto timeout =
+        std::chrono::duration_cast<milliseconds>(std::min(next_tick, next_heartbeat) - steady::now())
+            .count() +
+        1;
     int r = ::poll(fds, 2, static_cast<int>(std::max<milliseconds::rep>(0, timeout)));
     if (r < 0 && errno != EINTR) throw std::runtime_error("poll failed");
     if (fds[1].revents & POLLIN) s.drain();
@@ -268,6 +334,10 @@ void run(std::shared_ptr<state> sp) {
     try {
       store db(s.settings.database_url);
       db.use_asynchronous_commit();
+      // Server-side keepalives, tcp_user_timeout, statement and idle-session timeouts: a dead or frozen
+      // instance's session, and the leadership lock with it, ends on the server within ~20 s (longer than
+      // any lease the configuration allows, so that instance has stopped sending by then).
+      db.use_daemon_session();
       if (connected_before) s.m.database_reconnect();
       connected_before = true;
       bool leader = db.try_lock_leadership();
@@ -283,15 +353,23 @@ void run(std::shared_ptr<state> sp) {
         leader = db.try_lock_leadership();  // also proves the connection is alive
       }
       if (!leader) break;
+      // Fencing: whoever held the lock before may not know it lost it; it stops sending within a lease of
+      // its last confirmation, so wait that long (keeping this session busy) before sending anything.
+      spdlog::info("database: leadership lock taken; waiting {} ms (the lease) before sending",
+                   s.settings.lease.count());
+      for (auto until = steady::now() + s.settings.lease; !s.is_stopping() && steady::now() < until;) {
+        s.idle_wait(
+            std::min(s.settings.heartbeat, std::chrono::duration_cast<milliseconds>(until - steady::now())));
+        db.heartbeat();
+      }
+      if (s.is_stopping()) break;
       db.listen();
       db.reset_read_positions();
       auto id = db.installation_id();
       active = true;
       failures = 0;
       spdlog::info("database: connected and active (installation {})", id);
-      s.post([cb = s.callbacks.on_active, id] {
-        if (cb) cb(id);
-      });
+      s.begin_session(id);
       s.m.set_database_up(true);
       s.post_wake();
       active_loop(s, db);
@@ -299,6 +377,7 @@ void run(std::shared_ptr<state> sp) {
     } catch (const std::exception& e) {
       spdlog::warn("database: {}; reconnecting", one_line(e.what()));
     }
+    s.end_session();
     if (active) {
       s.post([cb = s.callbacks.on_inactive] {
         if (cb) cb();
@@ -326,17 +405,23 @@ void run(std::shared_ptr<state> sp) {
 class worker final : public db_worker {
  public:
   worker(executor io, db_worker_settings settings, db_worker_callbacks callbacks, metrics& m)
-      : state_(std::make_shared<state>(std::move(io), std::move(settings), std::move(callbacks), m)),
-        thread_(run, state_) {}
-  ~worker() override { stop(std::chrono::seconds(5)); }
+      : state_(std::make_shared<state>(io, std::move(settings), std::move(callbacks), m)),
+        lease_timer_(io),
+        thread_(run, state_) {
+    watch_lease();
+  }
+  ~worker() override {
+    stop(std::chrono::seconds(5));
+    lease_timer_.cancel();
+  }
 
-  void fetch(std::string endpoint, std::size_t limit, std::function<void(std::vector<pending_event>)> done,
-             bool wait) override {
-    fetch_command f{std::move(endpoint), limit, std::move(done)};
+  void fetch(std::string endpoint, std::uint64_t session, std::size_t limit,
+             std::function<void(std::vector<pending_event>)> done, bool wait) override {
+    fetch_command f{std::move(endpoint), session, limit, std::move(done)};
     std::optional<fetch_command> replaced;
     {
       std::lock_guard lock(state_->mutex);
-      if (!state_->stopping) {
+      if (!state_->stopping && session == state_->session) {
         if (auto it = state_->parked.find(f.endpoint); it != state_->parked.end()) {
           replaced = std::move(it->second);
           state_->parked.erase(it);
@@ -368,6 +453,7 @@ class worker final : public db_worker {
   }
 
   void stop(std::chrono::milliseconds flush_deadline) override {
+    lease_timer_.cancel();
     if (!thread_.joinable()) return;
     std::unique_lock lock(state_->mutex);
     state_->stopping = true;
@@ -385,7 +471,31 @@ class worker final : public db_worker {
   }
 
  private:
+  // On the io thread, so that a database thread blocked in libpq cannot hold it up: an active session whose
+  // leadership was not confirmed within the lease stops sending now.
+  void watch_lease() {
+    const auto period = std::max<milliseconds>(milliseconds(20), state_->settings.lease / 5);
+    lease_timer_.expires_after(period);
+    lease_timer_.async_wait([this](error_code ec) {
+      if (ec) return;
+      state& s = *state_;
+      const auto session = s.leading_session.load();
+      const auto age = steady::now().time_since_epoch() - steady::duration(s.confirmed_ns.load());
+      if (session != 0 && s.lapsed_session.load() != session && age > s.settings.lease) {
+        s.lapsed_session = session;
+        spdlog::warn(
+            "database: leadership not confirmed for {} ms (lease {} ms): sending nothing until it is; "
+            "requests in flight are cancelled",
+            std::chrono::duration_cast<milliseconds>(age).count(), s.settings.lease.count());
+        s.m.set_database_up(false);
+        if (s.callbacks.on_inactive) s.callbacks.on_inactive();
+      }
+      watch_lease();
+    });
+  }
+
   std::shared_ptr<state> state_;
+  steady_timer lease_timer_;
   std::thread thread_;
 };
 

@@ -2,17 +2,16 @@
 
 #include <algorithm>
 #include <array>
-#include <deque>
-#include <map>
-#include <optional>
 #include <random>
 #include <unordered_map>
 
 #include <spdlog/spdlog.h>
 
+#include "appointment_relay/appointment_order.hpp"
+#include "appointment_relay/attempt_table.hpp"
 #include "appointment_relay/classifier.hpp"
-#include "appointment_relay/http_client.hpp"
 #include "appointment_relay/metrics.hpp"
+#include "appointment_relay/outcome_batch.hpp"
 #include "appointment_relay/retry_policy.hpp"
 #include "appointment_relay/signature.hpp"
 #include "appointment_relay/version.hpp"
@@ -27,6 +26,12 @@ std::string webhook_id(std::string_view installation_id, std::int64_t event_id, 
 
 namespace {
 
+using steady = std::chrono::steady_clock;
+
+// The HTTP client answers every request within its own deadline; should an answer ever go missing past it
+// by this much, the lane gives the attempt up (cancelling the request) rather than hold the appointment.
+constexpr auto answer_grace = std::chrono::seconds(5);
+
 std::int64_t unix_ms_now() {
   using namespace std::chrono;
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
@@ -37,19 +42,9 @@ std::int64_t unix_us_now() {
   return duration_cast<microseconds>(system_clock::now().time_since_epoch()).count();
 }
 
-// A short, bounded label for the dead-letter metric (the full reason goes to the log and the database).
-std::string dead_letter_label(int status, const std::string& reason) {
-  if (reason.starts_with("max age")) return "max_age";
-  if (reason.starts_with("max attempts")) return "max_attempts";
-  if (reason.starts_with("rejected")) return "rejected";
-  if (reason.starts_with("unreadable")) return "unreadable_row";
-  if (status > 0) return "http_" + std::to_string(status);
-  return "other";
-}
-
-// One notification on its way to one endpoint.
+// One notification on its way to one endpoint. Owned by its lane's item map (by event id); callbacks carry
+// the attempt's token, never the item.
 struct item {
-  std::int64_t id = 0;
   std::int64_t captured_at_us = 0;
   notification_kind kind = notification_kind::created;
   std::string key;
@@ -57,75 +52,114 @@ struct item {
   std::string webhook_id;
   int attempts = 0;
   std::optional<std::int64_t> first_attempt_ms;
-  std::int64_t next_attempt_ms = 0;
-  std::unique_ptr<steady_timer> timer;  // armed while the item waits for its next attempt
-  std::uint64_t attempt_token = 0;      // which attempt an answer belongs to
-  std::size_t flight_slot = 0;          // its place in the lane's in-flight list while in flight
-  std::shared_ptr<item> next;           // the next event of the same appointment (its queue is a list)
-  bool in_flight = false;
 };
 
-using item_ptr = std::shared_ptr<item>;
+// Everything a lane takes from the configuration, made in full before anything changes: a reload that fails
+// halfway (an unreadable CA file, a bad secret) leaves every lane as it was.
+struct lane_setup {
+  endpoint_config cfg;
+  std::vector<signing_key> keys;
+  std::array<bool, notification_kind_count> wants{};
+  std::shared_ptr<http_client> client;  // a new client; empty: the lane keeps its own
+  retry_settings retry;
+  std::size_t max_pending = 2000;
+  std::size_t batch = 1000;
+  std::chrono::milliseconds flush_interval{5};
+};
 
-// One endpoint: its window of events read but not done, its per-appointment queues, its HTTP client.
-// Everything runs on the io executor. Callbacks carry the generation they were issued in: after a reset
-// (leadership regained, connection lost) stale callbacks only record what is certain (delivered, dead).
+bool same_transport(const endpoint_config& a, const endpoint_config& b) {
+  return a.target.to_string() == b.target.to_string() && a.max_in_flight == b.max_in_flight &&
+         a.timeout == b.timeout && a.tls.ca_file == b.tls.ca_file &&
+         a.tls.client_cert_file == b.tls.client_cert_file && a.tls.client_key_file == b.tls.client_key_file &&
+         a.tls.verify_peer == b.tls.verify_peer;
+}
+
+// current: the running lane's configuration, or null for a new lane. Throws std::runtime_error (bad
+// secret, unloadable TLS files); changes nothing.
+lane_setup prepare_lane(const executor& ex, const endpoint_config& cfg, const dispatcher_settings& s,
+                        const endpoint_config* current) {
+  lane_setup setup;
+  for (const auto& secret : cfg.secrets) {
+    auto key = signing_key::parse(secret);
+    if (!key) throw std::runtime_error("endpoint " + cfg.name + ": a signing secret is not whsec_<base64>");
+    setup.keys.push_back(std::move(*key));
+  }
+  for (auto k : cfg.kinds) setup.wants[static_cast<std::size_t>(k)] = true;
+  if (!current || !same_transport(*current, cfg)) {
+    http_client_options o;
+    o.max_connections = cfg.max_in_flight;
+    o.request_timeout = cfg.timeout;
+    o.user_agent = std::string("appointment-relay/") + version;
+    o.tls = cfg.tls;
+    try {
+      setup.client = s.make_client ? s.make_client(ex, cfg.target, o) : make_http_client(ex, cfg.target, o);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("endpoint " + cfg.name + ": " + e.what());
+    }
+  }
+  setup.cfg = cfg;
+  setup.retry = s.retry;
+  setup.max_pending = std::max<std::size_t>(1, s.max_pending_per_endpoint);
+  setup.batch = std::max<std::size_t>(1, s.batch_size);
+  setup.flush_interval = s.record_flush_interval;
+  return setup;
+}
+
+// One endpoint: reads its pending events in pages, keeps them in appointment order, sends what may go, owns
+// each attempt until it ends (answered, or given up and cancelled), and hands the outcomes over in batches.
+// Everything runs on the io executor. Timers and HTTP callbacks hold the lane weakly: a retired lane goes
+// away with its last owner, the dispatcher.
 class lane : public std::enable_shared_from_this<lane> {
  public:
-  lane(executor ex, endpoint_config cfg, const dispatcher_settings& s, event_source& source, metrics& m)
+  lane(executor ex, lane_setup setup, event_source& source, metrics& m)
       : ex_(std::move(ex)),
         source_(source),
         metrics_(m),
+        retry_timer_(ex_),
         guard_timer_(ex_),
         flush_timer_(ex_),
         rng_(std::random_device{}()) {
-    configure(std::move(cfg), s);
+    apply(std::move(setup));
   }
 
   const std::string& name() const { return cfg_.name; }
+  const endpoint_config& config() const { return cfg_; }
+  std::size_t in_flight() const { return attempts_.size(); }
+  std::uint64_t abandoned() const { return abandoned_; }
 
-  void configure(endpoint_config cfg, const dispatcher_settings& s) {
-    bool new_client =
-        !client_ || cfg.target.to_string() != cfg_.target.to_string() ||
-        cfg.max_in_flight != cfg_.max_in_flight || cfg.timeout != cfg_.timeout ||
-        cfg.tls.ca_file != cfg_.tls.ca_file || cfg.tls.client_cert_file != cfg_.tls.client_cert_file ||
-        cfg.tls.client_key_file != cfg_.tls.client_key_file || cfg.tls.verify_peer != cfg_.tls.verify_peer;
-    std::vector<signing_key> keys;
-    for (const auto& secret : cfg.secrets) {
-      auto key = signing_key::parse(secret);
-      if (!key) throw std::runtime_error("endpoint " + cfg.name + ": a signing secret is not whsec_<base64>");
-      keys.push_back(std::move(*key));
+  // Takes a prepared configuration; does not throw. Attempts in flight on a replaced client are cancelled
+  // there and go again on the new one (as a failed attempt: the request may have reached the receiver).
+  void apply(lane_setup setup) {
+    cfg_ = std::move(setup.cfg);
+    keys_ = std::move(setup.keys);
+    wants_ = setup.wants;
+    retry_ = setup.retry;
+    max_pending_ = setup.max_pending;
+    batch_ = setup.batch;
+    flush_interval_ = setup.flush_interval;
+    if (!setup.client) return;
+    auto old = std::exchange(client_, std::move(setup.client));
+    if (!old) return;
+    auto cut = attempts_.take_all();
+    for (const auto& a : cut) old->cancel(a.request);
+    old->close();
+    for (const auto& a : cut) {
+      http_response_info r;
+      r.error = "endpoint reconfigured";
+      end_attempt(a, std::move(r));
     }
-    std::array<bool, notification_kind_count> wants{};
-    for (auto k : cfg.kinds) wants[static_cast<std::size_t>(k)] = true;
-    if (new_client) {
-      http_client_options o;
-      o.max_connections = cfg.max_in_flight;
-      o.request_timeout = cfg.timeout;
-      o.user_agent = std::string("appointment-relay/") + version;
-      o.tls = cfg.tls;
-      // Throws on bad TLS files: nothing changed yet.
-      auto client = s.make_client ? s.make_client(ex_, cfg.target, o) : make_http_client(ex_, cfg.target, o);
-      if (client_) client_->close();
-      client_ = std::move(client);
-    }
-    cfg_ = std::move(cfg);
-    keys_ = std::move(keys);
-    wants_ = wants;
-    retry_ = s.retry;
-    max_pending_ = std::max<std::size_t>(1, s.max_pending_per_endpoint);
-    batch_ = std::max<std::size_t>(1, s.batch_size);
-    flush_interval_ = s.record_flush_interval;
   }
 
-  void activate(const std::string& installation_id) {
+  void activate(const std::string& installation_id, std::uint64_t session) {
     reset();
     installation_ = installation_id;
+    session_ = session;
     active_ = true;
     maybe_fetch();
   }
 
   void deactivate() {
+    flush();
     reset();
     active_ = false;
   }
@@ -139,55 +173,56 @@ class lane : public std::enable_shared_from_this<lane> {
     maybe_fetch();
   }
 
-  // Stop sending and reading; in-flight requests finish. Returns true when nothing is in flight.
+  // Stop sending and reading; attempts in flight run to their end.
   void drain() {
     draining_ = true;
-    for (auto& [id, it] : window_)
-      if (it->timer) it->timer->cancel();
+    retry_timer_.cancel();
+  }
+
+  // Gives up on every attempt in flight: the requests are cancelled, their events stay pending in the
+  // database (nothing is recorded for them).
+  void cancel_in_flight() {
+    for (const auto& a : attempts_.take_all()) client_->cancel(a.request);
   }
 
   void retire() {
     drain();
+    cancel_in_flight();
+    flush();
     active_ = false;
     client_->close();
   }
 
-  std::size_t in_flight() const { return in_flight_; }
-
   // Hands every recorded outcome and the watermark to the source now.
   void flush() {
     flush_armed_ = false;
+    if (auto through = done_through()) outcomes_.done_through(*through);
+    if (outcomes_.empty()) return;
+    auto taken = outcomes_.take();
     std::map<std::string, std::int64_t> done;
-    auto through = done_through();
-    if (through && *through > reported_done_) {
-      done.emplace(cfg_.name, *through);
-      reported_done_ = *through;
-    }
-    if (!updates_.empty() || !done.empty()) source_.record(std::move(updates_), std::move(done));
-    updates_.clear();
+    if (taken.done_through) done.emplace(cfg_.name, *taken.done_through);
+    source_.record(std::move(taken.updates), std::move(done));
   }
 
  private:
+  // Forgets what was read: the next activation reads afresh from the persisted position. Nothing of the
+  // previous generation is sent after this: its requests in flight are cancelled.
   void reset() {
-    ++generation_;
-    for (auto& [id, it] : window_) {
-      if (it->timer) it->timer->cancel();
-      it->next.reset();  // an item still in flight must not keep its successors alive
-    }
-    window_.clear();
-    queues_.clear();
-    ready_.clear();
+    cancel_in_flight();
+    order_.clear();
+    items_.clear();
+    outcomes_.reset_watermark();
+    retry_timer_.cancel();
     read_top_ = -1;
-    reported_done_ = -1;
     fetching_ = false;
     waiting_ = false;
     wake_pending_ = false;
     unread_ = false;
   }
 
-  // Every event up to this id is done here (none left in the window); empty before the first read.
+  // Every event up to this id is done here (none of them held); empty before the first read.
   std::optional<std::int64_t> done_through() const {
-    if (!window_.empty()) return window_.begin()->first - 1;
+    if (auto lowest = order_.lowest()) return *lowest - 1;
     if (read_top_ < 0) return std::nullopt;
     return read_top_;
   }
@@ -212,7 +247,7 @@ class lane : public std::enable_shared_from_this<lane> {
 
   // How many rows the next read may take; none while the window lacks room for a page (or a quarter of it).
   std::optional<std::size_t> page_limit() const {
-    const std::size_t room = max_pending_ - std::min(max_pending_, window_.size());
+    const std::size_t room = max_pending_ - std::min(max_pending_, order_.size());
     if (room < std::max<std::size_t>(1, std::min(batch_, max_pending_ / 4))) return std::nullopt;
     return std::min(batch_, room);
   }
@@ -223,15 +258,15 @@ class lane : public std::enable_shared_from_this<lane> {
     wake_pending_ = false;
     unread_ = false;
     source_.fetch(
-        cfg_.name, limit,
-        [self = shared_from_this(), gen = generation_, limit](std::vector<pending_event> events) {
-          self->on_fetched(gen, limit, std::move(events));
+        cfg_.name, session_, limit,
+        [weak = weak_from_this(), session = session_, limit](std::vector<pending_event> events) {
+          if (auto self = weak.lock()) self->on_fetched(session, limit, std::move(events));
         },
         wait);
   }
 
-  void on_fetched(std::uint64_t gen, std::size_t limit, std::vector<pending_event> events) {
-    if (gen != generation_) return;  // a reset happened meanwhile: it reads again from the database
+  void on_fetched(std::uint64_t session, std::size_t limit, std::vector<pending_event> events) {
+    if (!active_ || session != session_ || !fetching_) return;  // from before a reset: read again
     fetching_ = false;
     waiting_ = false;
     for (auto& e : events) accept(std::move(e));
@@ -246,9 +281,9 @@ class lane : public std::enable_shared_from_this<lane> {
 
   void accept(pending_event e) {
     if (e.id > read_top_) read_top_ = e.id;
-    if (window_.contains(e.id)) return;
+    if (order_.contains(e.id)) return;
     if (auto* error = std::get_if<std::string>(&e.change)) {
-      dead_without_item(e, "unreadable outbox row: " + *error);
+      dead_without_item(e, dead_cause::unreadable_row, "unreadable outbox row: " + *error);
       return;
     }
     auto result = classify(std::get<captured_change>(e.change));
@@ -257,7 +292,7 @@ class lane : public std::enable_shared_from_this<lane> {
       return;
     }
     if (auto* bad = std::get_if<rejected>(&result)) {
-      dead_without_item(e, "rejected: " + bad->reason);
+      dead_without_item(e, dead_cause::rejected, "rejected: " + bad->reason);
       return;
     }
     auto& n = std::get<notification>(result);
@@ -265,31 +300,22 @@ class lane : public std::enable_shared_from_this<lane> {
       spdlog::debug("event={} endpoint={} kind={} not subscribed", e.id, cfg_.name, to_string(n.kind));
       return;
     }
-    auto it = std::make_shared<item>();
-    it->id = e.id;
-    it->captured_at_us = e.captured_at_us;
-    it->kind = n.kind;
-    it->key = std::move(n.ordering_key);
-    it->payload = std::move(n.payload);
-    it->webhook_id = webhook_id(installation_, e.id, cfg_.name);
-    it->attempts = e.attempts;
-    it->first_attempt_ms = e.first_attempt_ms;
-    it->next_attempt_ms = e.next_attempt_ms.value_or(0);
-    metrics_.event_captured(cfg_.name, to_string(it->kind));
-    window_.emplace(it->id, it);
-    auto& queue = queues_[it->key];
-    if (!queue.head) {
-      queue.head = queue.tail = it;
-      make_due(it);
-    } else {
-      queue.tail->next = it;  // it waits for the earlier ones of its appointment
-      queue.tail = it;
-    }
+    item it;
+    it.captured_at_us = e.captured_at_us;
+    it.kind = n.kind;
+    it.key = std::move(n.ordering_key);
+    it.payload = std::move(n.payload);
+    it.webhook_id = webhook_id(installation_, e.id, cfg_.name);
+    it.attempts = e.attempts;
+    it.first_attempt_ms = e.first_attempt_ms;
+    metrics_.event_captured(cfg_.name, to_string(it.kind));
+    order_.add(e.id, it.key, e.next_attempt_ms.value_or(0));
+    items_.emplace(e.id, std::move(it));
   }
 
-  void dead_without_item(const pending_event& e, std::string reason) {
+  void dead_without_item(const pending_event& e, dead_cause cause, std::string reason) {
     spdlog::error("dead letter event={} endpoint={} reason=\"{}\"", e.id, cfg_.name, reason);
-    metrics_.dead_letter(cfg_.name, dead_letter_label(0, reason));
+    metrics_.dead_letter(cfg_.name, dead_letter_label(cause, 0));
     auto now = unix_ms_now();
     delivery_update u;
     u.event_id = e.id;
@@ -300,136 +326,127 @@ class lane : public std::enable_shared_from_this<lane> {
     u.last_attempt_ms = now;
     u.last_error = reason;
     u.dead_reason = std::move(reason);
-    updates_.push_back(std::move(u));
+    outcomes_.add(std::move(u));
   }
 
-  void make_due(const item_ptr& it) {
-    auto wait = it->next_attempt_ms - unix_ms_now();
-    if (wait <= 0) {
-      ready_.push_back(it);
-      return;
+  // Sends what may go now, up to max_in_flight; then waits for the earliest retry time, if any.
+  void pump() {
+    if (!active_ || draining_) return;
+    const auto now_ms = unix_ms_now();
+    while (attempts_.size() < static_cast<std::size_t>(cfg_.max_in_flight)) {
+      auto id = order_.take(now_ms);
+      if (!id) break;
+      send(*id, now_ms);
     }
-    if (!it->timer) it->timer = std::make_unique<steady_timer>(ex_);
-    it->timer->expires_after(std::chrono::milliseconds(wait));
-    it->timer->async_wait([self = shared_from_this(), gen = generation_, it](error_code ec) {
-      if (ec || gen != self->generation_ || self->draining_) return;  // cancelled: reset or drain
-      self->ready_.push_back(it);
+    arm_retry_timer(now_ms);
+  }
+
+  void arm_retry_timer(std::int64_t now_ms) {
+    auto due = order_.next_due();
+    if (!due || (retry_armed_ && retry_due_ms_ <= *due)) return;
+    retry_armed_ = true;
+    retry_due_ms_ = *due;
+    retry_timer_.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(0, *due - now_ms)));
+    retry_timer_.async_wait([weak = weak_from_this(), due = *due](error_code ec) {
+      auto self = weak.lock();
+      if (!self || ec || self->retry_due_ms_ != due) return;  // cancelled, or re-armed for an earlier time
+      self->retry_armed_ = false;
       self->pump();
     });
   }
 
-  void pump() {
-    while (active_ && !draining_ && !ready_.empty() &&
-           in_flight_ < static_cast<std::size_t>(cfg_.max_in_flight)) {
-      auto it = std::move(ready_.front());
-      ready_.pop_front();
-      send(it);
-    }
-  }
-
-  void send(const item_ptr& it) {
-    auto now_ms = unix_ms_now();
-    ++it->attempts;
-    if (!it->first_attempt_ms) it->first_attempt_ms = now_ms;
-    auto timestamp = now_ms / 1000;
+  void send(std::int64_t id, std::int64_t now_ms) {
+    item& it = items_.at(id);
+    ++it.attempts;
+    if (!it.first_attempt_ms) it.first_attempt_ms = now_ms;
+    const auto timestamp = now_ms / 1000;
     header_list headers;
     headers.reserve(3);
-    headers.emplace_back("webhook-id", it->webhook_id);
+    headers.emplace_back("webhook-id", it.webhook_id);
     headers.emplace_back("webhook-timestamp", std::to_string(timestamp));
     if (!keys_.empty())
       headers.emplace_back("webhook-signature",
-                           signature_header(keys_, it->webhook_id, timestamp, it->payload));
-    spdlog::debug("POST event={} endpoint={} attempt={} body={}", it->id, cfg_.name, it->attempts,
-                  it->payload);
-    metrics_.attempt(cfg_.name, to_string(it->kind));
-    ++in_flight_;
-    it->in_flight = true;
-    auto token = ++it->attempt_token;
-    // The client answers every request within its own deadline. Should an answer ever go missing, the
-    // attempt still ends, as a retryable failure, rather than holding the event (and its appointment)
-    // forever. One sweep timer per lane checks the attempts in flight, rather than a timer per attempt.
-    it->flight_slot = flights_.size();
-    flights_.push_back(
-        {it, generation_, token, std::chrono::steady_clock::now() + cfg_.timeout + std::chrono::seconds(5)});
+                           signature_header(keys_, it.webhook_id, timestamp, it.payload));
+    spdlog::debug("POST event={} endpoint={} attempt={} body={}", id, cfg_.name, it.attempts, it.payload);
+    metrics_.attempt(cfg_.name, to_string(it.kind));
+    const auto token = attempts_.start(id, steady::now() + cfg_.timeout + answer_grace);
+    const auto request =
+        client_->post(it.payload, std::move(headers), [weak = weak_from_this(), token](http_response_info r) {
+          if (auto self = weak.lock()) self->on_response(token, std::move(r));
+        });
+    attempts_.set_request(token, request);
     arm_guard();
-    client_->post(it->payload, std::move(headers),
-                  [self = shared_from_this(), gen = generation_, it, token](http_response_info r) {
-                    self->on_response(gen, it, token, std::move(r));
-                  });
   }
 
-  // Removes an ended attempt from flights_ (the last one takes its place).
-  void forget_flight(item& it) {
-    const auto slot = it.flight_slot;
-    if (slot >= flights_.size() || flights_[slot].it.get() != &it) return;
-    if (slot + 1 != flights_.size()) {
-      flights_[slot] = std::move(flights_.back());
-      flights_[slot].it->flight_slot = slot;
-    }
-    flights_.pop_back();
+  void on_response(std::uint64_t token, http_response_info r) {
+    auto a = attempts_.finish(token);
+    if (!a) return;  // given up already (guard, reset, reconfiguration): that attempt has ended
+    end_attempt(*a, std::move(r));
   }
 
+  // One sweep timer per lane, while attempts are in flight, rather than a timer per attempt.
   void arm_guard() {
-    if (guard_armed_ || flights_.empty()) return;
+    if (guard_armed_ || attempts_.empty()) return;
     guard_armed_ = true;
     guard_timer_.expires_after(std::chrono::seconds(1));
-    guard_timer_.async_wait([self = shared_from_this()](error_code ec) {
+    guard_timer_.async_wait([weak = weak_from_this()](error_code ec) {
+      auto self = weak.lock();
+      if (!self) return;
       self->guard_armed_ = false;
-      if (ec) return;
-      self->sweep_flights();
+      if (!ec) self->give_up_overdue();
     });
   }
 
-  // Ends, as retryable failures, the attempts the HTTP client has not answered past their deadline.
-  void sweep_flights() {
-    const auto now = std::chrono::steady_clock::now();
-    std::vector<flight> lost;
-    for (const auto& f : flights_)
-      if (f.deadline <= now) lost.push_back(f);
-    for (auto& f : lost) {
-      spdlog::error("event={} endpoint={}: no answer from the HTTP client past the request deadline",
-                    f.it->id, cfg_.name);
+  // Attempts the HTTP client has not answered well past their deadline end as retryable failures, and their
+  // requests are cancelled first, so that none of them can still reach the receiver after its retry.
+  void give_up_overdue() {
+    for (const auto& overdue : attempts_.overdue(steady::now())) {
+      auto a = attempts_.finish(overdue.token);
+      if (!a) continue;
+      client_->cancel(a->request);
+      ++abandoned_;
+      spdlog::error(
+          "event={} endpoint={}: no answer from the HTTP client past the request deadline; cancelled",
+          a->event_id, cfg_.name);
       http_response_info r;
       r.error = "no answer within the request deadline";
-      on_response(f.gen, f.it, f.token, std::move(r));
+      end_attempt(*a, std::move(r));
     }
     arm_guard();
   }
 
-  void on_response(std::uint64_t gen, const item_ptr& it, std::uint64_t token, http_response_info r) {
-    if (!it->in_flight || it->attempt_token != token) return;  // already ended by the guard
-    it->in_flight = false;
-    forget_flight(*it);
-    --in_flight_;
-    auto now_ms = unix_ms_now();
-    attempt_result result{r.status, r.error, r.retry_after};
+  void end_attempt(const attempt_table::attempt& a, http_response_info r) {
+    auto found = items_.find(a.event_id);
+    if (found == items_.end()) return;
+    item& it = found->second;
+    const auto now_ms = unix_ms_now();
     std::uniform_real_distribution<double> jitter(0.0, 1.0);
-    auto age = std::chrono::milliseconds(now_ms - it->first_attempt_ms.value_or(now_ms));
-    auto d = decide(retry_, result, it->attempts, age, now_ms / 1000, jitter(rng_));
-    bool stale = gen != generation_;
-    std::string outcome = r.status > 0 ? std::to_string(r.status) : r.error;
-    auto latency_ms = static_cast<double>(r.latency.count()) / 1000.0;
-    auto kind = to_string(it->kind);
+    const auto age = std::chrono::milliseconds(now_ms - it.first_attempt_ms.value_or(now_ms));
+    const auto d = decide(retry_, attempt_result{r.status, r.error, r.retry_after}, it.attempts, age,
+                          now_ms / 1000, jitter(rng_));
+    const std::string outcome = r.status > 0 ? std::to_string(r.status) : r.error;
+    const auto latency_ms = static_cast<double>(r.latency.count()) / 1000.0;
+    const auto kind = to_string(it.kind);
 
     delivery_update u;
-    u.event_id = it->id;
+    u.event_id = a.event_id;
     u.endpoint = cfg_.name;
-    u.attempts = it->attempts;
-    u.first_attempt_ms = it->first_attempt_ms.value_or(now_ms);
+    u.attempts = it.attempts;
+    u.first_attempt_ms = it.first_attempt_ms.value_or(now_ms);
     u.last_attempt_ms = now_ms;
     switch (d.what) {
       case verdict::delivered:
         spdlog::info(
             "delivered event={} kind={} appointment={} endpoint={} attempt={} status={} latency_ms={:.1f}",
-            it->id, kind, it->key, cfg_.name, it->attempts, outcome, latency_ms);
-        metrics_.delivered(cfg_.name, kind, static_cast<double>(unix_us_now() - it->captured_at_us) / 1e6);
+            a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms);
+        metrics_.delivered(cfg_.name, kind, static_cast<double>(unix_us_now() - it.captured_at_us) / 1e6);
         u.state = delivery_state::delivered;
         break;
       case verdict::retry:
         spdlog::warn(
             "retry event={} kind={} appointment={} endpoint={} attempt={} status={} latency_ms={:.1f} "
             "next_in_ms={}",
-            it->id, kind, it->key, cfg_.name, it->attempts, outcome, latency_ms, d.delay.count());
+            a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms, d.delay.count());
         metrics_.retry(cfg_.name, kind);
         u.state = delivery_state::retrying;
         u.next_attempt_ms = now_ms + d.delay.count();
@@ -439,26 +456,19 @@ class lane : public std::enable_shared_from_this<lane> {
         spdlog::error(
             "dead letter event={} kind={} appointment={} endpoint={} attempt={} status={} latency_ms={:.1f} "
             "reason=\"{}\"",
-            it->id, kind, it->key, cfg_.name, it->attempts, outcome, latency_ms, d.reason);
-        metrics_.dead_letter(cfg_.name, dead_letter_label(r.status, d.reason));
+            a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms, d.reason);
+        metrics_.dead_letter(cfg_.name, dead_letter_label(d.cause, r.status));
         u.state = delivery_state::dead;
         u.last_error = r.status > 0 ? "http " + std::to_string(r.status) : r.error;
         u.dead_reason = d.reason;
         break;
     }
-    if (stale) {
-      // After a reset the event is read again from the database; a retry state written now could overwrite
-      // what the new reading has done since, so only the certain outcomes are kept.
-      if (u.state != delivery_state::retrying) updates_.push_back(std::move(u));
-      schedule_flush();
-      return;
-    }
-    updates_.push_back(std::move(u));
+    outcomes_.add(std::move(u));
     if (d.what == verdict::retry) {
-      it->next_attempt_ms = now_ms + d.delay.count();
-      if (!draining_) make_due(it);
+      order_.retry(a.event_id, now_ms + d.delay.count());
     } else {
-      complete(it);
+      order_.complete(a.event_id);
+      items_.erase(found);
     }
     pump();
     schedule_flush();
@@ -466,30 +476,17 @@ class lane : public std::enable_shared_from_this<lane> {
     if (unread_) maybe_fetch();
   }
 
-  // The item is done (delivered or dead): the next one of its appointment may go.
-  void complete(const item_ptr& it) {
-    window_.erase(it->id);
-    auto q = queues_.find(it->key);
-    if (q == queues_.end()) return;
-    auto& queue = q->second;
-    if (queue.head == it) queue.head = std::exchange(it->next, nullptr);
-    if (!queue.head) {
-      queues_.erase(q);
-      return;
-    }
-    make_due(queue.head);
-  }
-
   void schedule_flush() {
-    if (updates_.size() >= 512) {
+    if (outcomes_.full()) {
       flush();
       return;
     }
     if (flush_armed_) return;
     flush_armed_ = true;
     flush_timer_.expires_after(flush_interval_);
-    flush_timer_.async_wait([self = shared_from_this()](error_code ec) {
-      if (!ec && self->flush_armed_) self->flush();
+    flush_timer_.async_wait([weak = weak_from_this()](error_code ec) {
+      auto self = weak.lock();
+      if (self && !ec && self->flush_armed_) self->flush();
     });
   }
 
@@ -500,36 +497,26 @@ class lane : public std::enable_shared_from_this<lane> {
   std::vector<signing_key> keys_;
   std::array<bool, notification_kind_count> wants_{};
   retry_settings retry_;
-  std::size_t max_pending_ = 10000;
+  std::size_t max_pending_ = 2000;
   std::size_t batch_ = 1000;
   std::chrono::milliseconds flush_interval_{5};
   std::shared_ptr<http_client> client_;
   std::string installation_;
+  std::uint64_t session_ = 0;
 
-  struct flight {
-    item_ptr it;
-    std::uint64_t gen = 0;
-    std::uint64_t token = 0;
-    std::chrono::steady_clock::time_point deadline;
-  };
-  std::vector<flight> flights_;  // attempts in flight, unordered (see forget_flight)
+  appointment_order order_;                       // what may be sent next
+  std::unordered_map<std::int64_t, item> items_;  // the events held, by id (the same ids as order_)
+  attempt_table attempts_;                        // what is in flight
+  outcome_batch outcomes_;                        // what is to be written
+  steady_timer retry_timer_;
+  bool retry_armed_ = false;
+  std::int64_t retry_due_ms_ = 0;
   steady_timer guard_timer_;
   bool guard_armed_ = false;
-  std::map<std::int64_t, item_ptr> window_;  // by event id: read, not yet done
-  // An appointment's events in id order, linked through item::next: no allocation beyond the map's node.
-  struct appointment_queue {
-    item_ptr head;  // the one due
-    item_ptr tail;
-  };
-  std::unordered_map<std::string, appointment_queue> queues_;  // by appointment
-  std::deque<item_ptr> ready_;
-  std::vector<delivery_update> updates_;
   steady_timer flush_timer_;
   bool flush_armed_ = false;
+  std::uint64_t abandoned_ = 0;
   std::int64_t read_top_ = -1;
-  std::int64_t reported_done_ = -1;
-  std::size_t in_flight_ = 0;
-  std::uint64_t generation_ = 0;
   bool active_ = false;
   bool fetching_ = false;
   bool wake_pending_ = false;
@@ -543,28 +530,26 @@ class dispatcher_impl final : public dispatcher {
  public:
   dispatcher_impl(executor ex, dispatcher_settings settings, event_source& source, metrics& m)
       : ex_(std::move(ex)), source_(source), metrics_(m), drain_timer_(ex_) {
-    for (auto& e : settings.endpoints)
-      lanes_.push_back(std::make_shared<lane>(ex_, e, settings, source_, metrics_));
-    settings_ = std::move(settings);
+    std::vector<lane_setup> setups;
+    for (const auto& e : settings.endpoints) setups.push_back(prepare_lane(ex_, e, settings, nullptr));
+    for (auto& s : setups) lanes_.push_back(std::make_shared<lane>(ex_, std::move(s), source_, metrics_));
   }
 
   ~dispatcher_impl() override {
     for (auto& l : lanes_) l->retire();
   }
 
-  void activate(std::string installation_id) override {
+  void activate(std::string installation_id, std::uint64_t session) override {
     installation_ = std::move(installation_id);
+    session_ = session;
     active_ = true;
     if (draining_) return;
-    for (auto& l : lanes_) l->activate(installation_);
+    for (auto& l : lanes_) l->activate(installation_, session_);
   }
 
   void deactivate() override {
     active_ = false;
-    for (auto& l : lanes_) {
-      l->flush();
-      l->deactivate();
-    }
+    for (auto& l : lanes_) l->deactivate();
   }
 
   void wake() override {
@@ -572,27 +557,32 @@ class dispatcher_impl final : public dispatcher {
   }
 
   void reconfigure(const dispatcher_settings& settings) override {
-    std::vector<std::shared_ptr<lane>> next;
+    // Everything is made first (this may throw: then nothing has changed), then applied at once.
+    std::vector<std::pair<std::shared_ptr<lane>, lane_setup>> plan;
     for (const auto& e : settings.endpoints) {
       auto found = std::find_if(lanes_.begin(), lanes_.end(), [&](auto& l) { return l->name() == e.name; });
-      if (found != lanes_.end()) {
-        (*found)->configure(e, settings);
-        next.push_back(*found);
+      std::shared_ptr<lane> current = found != lanes_.end() ? *found : nullptr;
+      plan.emplace_back(current, prepare_lane(ex_, e, settings, current ? &current->config() : nullptr));
+    }
+    std::vector<std::shared_ptr<lane>> next;
+    for (auto& [current, setup] : plan) {
+      if (current) {
+        current->apply(std::move(setup));
+        next.push_back(current);
       } else {
-        auto l = std::make_shared<lane>(ex_, e, settings, source_, metrics_);
-        if (active_ && !draining_) l->activate(installation_);
+        auto l = std::make_shared<lane>(ex_, std::move(setup), source_, metrics_);
+        spdlog::info("endpoint {} added to the configuration", l->name());
+        if (active_ && !draining_) l->activate(installation_, session_);
         next.push_back(std::move(l));
       }
     }
     for (auto& l : lanes_) {
       if (std::find(next.begin(), next.end(), l) == next.end()) {
         spdlog::info("endpoint {} removed from the configuration: it gets nothing new", l->name());
-        l->flush();
         l->retire();
       }
     }
     lanes_ = std::move(next);
-    settings_ = settings;
   }
 
   void drain(std::chrono::milliseconds deadline, std::function<void()> done) override {
@@ -603,7 +593,9 @@ class dispatcher_impl final : public dispatcher {
     drain_timer_.expires_after(deadline);
     drain_timer_.async_wait([this](error_code ec) {
       if (ec) return;
-      spdlog::warn("shutdown deadline reached with {} requests in flight: they stay pending", in_flight());
+      spdlog::warn("shutdown deadline reached with {} requests in flight: cancelled, they stay pending",
+                   in_flight());
+      for (auto& l : lanes_) l->cancel_in_flight();
       finish_drain();
     });
     poll_drain();
@@ -612,6 +604,12 @@ class dispatcher_impl final : public dispatcher {
   std::size_t in_flight() const override {
     std::size_t n = 0;
     for (auto& l : lanes_) n += l->in_flight();
+    return n;
+  }
+
+  std::uint64_t abandoned_attempts() const override {
+    std::uint64_t n = 0;
+    for (auto& l : lanes_) n += l->abandoned();
     return n;
   }
 
@@ -639,9 +637,9 @@ class dispatcher_impl final : public dispatcher {
   executor ex_;
   event_source& source_;
   metrics& metrics_;
-  dispatcher_settings settings_;
   std::vector<std::shared_ptr<lane>> lanes_;
   std::string installation_;
+  std::uint64_t session_ = 0;
   bool active_ = false;
   bool draining_ = false;
   steady_timer drain_timer_;

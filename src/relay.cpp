@@ -33,6 +33,206 @@ std::vector<std::string> endpoint_names(const config& cfg) {
   return names;
 }
 
+db_worker_settings worker_settings(const config& cfg) {
+  db_worker_settings ws;
+  ws.database_url = cfg.database.url;
+  ws.endpoints = endpoint_names(cfg);
+  ws.poll_interval = cfg.database.poll_interval;
+  ws.retention = cfg.database.retention;
+  ws.lease = cfg.database.leader_lease;
+  ws.heartbeat = std::max(std::chrono::milliseconds(50), ws.lease / 5);
+  return ws;
+}
+
+void warn_unsigned_endpoints(const config& cfg) {
+  for (const auto& e : cfg.endpoints)
+    if (e.secrets.empty())
+      spdlog::warn("endpoint {} has no signing secret: its webhooks go out unsigned", e.name);
+}
+
+// The running daemon: the components on one io thread, and a handler for each thing that happens to it
+// (leadership gained or lost, a signal). Built by start(), run by run().
+class daemon {
+ public:
+  daemon(config cfg, std::function<config()> reload) : cfg_(std::move(cfg)), reload_(std::move(reload)) {}
+
+  // Starts the database worker, the dispatcher and the admin server. False (logged) when one cannot start.
+  bool start() {
+    try {
+      worker_ = start_db_worker(io_.get_executor(), worker_settings(cfg_), callbacks(), metrics_);
+      dispatcher_ = make_dispatcher(io_.get_executor(), dispatch_settings(cfg_), *worker_, metrics_);
+      if (!cfg_.admin.listen.empty()) {
+        admin_ = make_admin_server(io_.get_executor(), cfg_.admin.listen, metrics_,
+                                   [this] { return metrics_.database_up(); });
+        admin_->start();
+        spdlog::info("admin server on {} port {} (/healthz, /readyz, /metrics)", cfg_.admin.listen,
+                     admin_->port());
+      }
+    } catch (const std::exception& e) {
+      spdlog::critical("cannot start: {}", e.what());
+      if (worker_) worker_->stop(std::chrono::seconds(1));
+      return false;
+    }
+    start_watchdog();
+    warn_unsigned_endpoints(cfg_);
+    wait_for_signal();
+    return true;
+  }
+
+  // Runs until stopped; the process exit code.
+  int run() {
+    int exit_code = 0;
+    try {
+      io_.run();
+    } catch (const std::exception& e) {
+      spdlog::critical("fatal: {}", e.what());
+      exit_code = 1;
+    }
+    if (worker_) worker_->stop(std::chrono::seconds(5));
+    return exit_code;
+  }
+
+ private:
+  db_worker_callbacks callbacks() {
+    db_worker_callbacks cb;
+    cb.on_active = [this](std::string installation_id, std::uint64_t session) {
+      on_active(std::move(installation_id), session);
+    };
+    cb.on_standby = [this] { on_standby(); };
+    cb.on_inactive = [this] { on_inactive(); };
+    cb.on_wake = [this] { dispatcher_->wake(); };
+    return cb;
+  }
+
+  void on_active(std::string installation_id, std::uint64_t session) {
+    spdlog::info("database connected and listening; this instance is active (installation {})",
+                 installation_id);
+    dispatcher_->activate(std::move(installation_id), session);
+    announce("active: delivering");
+  }
+
+  void on_standby() {
+    spdlog::info("database connected; another instance is active: standing by");
+    announce("standby: another instance is active");
+  }
+
+  void on_inactive() {
+    spdlog::warn("not active (database connection lost or leadership not confirmed): sending nothing new");
+    dispatcher_->deactivate();
+    notify_status("database connection lost or leadership not confirmed: reconnecting");
+  }
+
+  void announce(std::string_view status) {
+    if (!announced_ready_)
+      notify_ready(status);
+    else
+      notify_status(status);
+    announced_ready_ = true;
+  }
+
+  // SIGHUP: the new configuration is loaded and handed to the dispatcher whole; on any error nothing changes.
+  void on_reload() {
+    notify_reloading();
+    try {
+      config next = reload_();
+      const auto restart = keys_needing_restart(cfg_, next);
+      dispatcher_->reconfigure(dispatch_settings(next));  // throws before changing anything
+      set_log_level(next.log.level);
+      worker_->set_endpoints(endpoint_names(next));
+      if (!restart.empty()) {
+        std::string keys;
+        for (const auto& k : restart) keys += (keys.empty() ? "" : ", ") + k;
+        spdlog::warn("configuration reloaded, but these keys keep their running value until a restart: {}",
+                     keys);
+      }
+      // What runs is what the components took: the restart-only keys keep their running value.
+      keep_running_values(next);
+      if (const auto missed = keys_needing_restart(cfg_, next); !missed.empty())
+        spdlog::error("internal: keep_running_values misses {} (the key table has a new restart-only key)",
+                      missed.front());
+      cfg_ = std::move(next);
+      warn_unsigned_endpoints(cfg_);
+      spdlog::info("configuration reloaded:\n{}", render_config(cfg_));
+    } catch (const std::exception& e) {
+      spdlog::error("configuration reload failed, nothing changed, the previous configuration stays: {}",
+                    e.what());
+    }
+    notify_ready("active: configuration reloaded");
+  }
+
+  void keep_running_values(config& next) const {
+    next.database.url = cfg_.database.url;
+    next.database.poll_interval = cfg_.database.poll_interval;
+    next.database.retention = cfg_.database.retention;
+    next.database.leader_lease = cfg_.database.leader_lease;
+    next.admin = cfg_.admin;
+    next.log.format = cfg_.log.format;
+    next.relay.watchdog_interval = cfg_.relay.watchdog_interval;
+  }
+
+  // SIGTERM/SIGINT: drain, then stop everything; a second one exits at once.
+  void on_stop_signal(int sig) {
+    if (stopping_) {
+      spdlog::warn("second signal: exiting now; what was not finished stays pending");
+      spdlog::default_logger()->flush();
+      std::_Exit(1);
+    }
+    stopping_ = true;
+    notify_stopping();
+    spdlog::info("{} received: draining {} requests in flight (at most {} ms); a second signal exits at once",
+                 sig == SIGINT ? "SIGINT" : "SIGTERM", dispatcher_->in_flight(),
+                 cfg_.relay.shutdown_timeout.count());
+    dispatcher_->drain(cfg_.relay.shutdown_timeout, [this] {
+      worker_->stop(std::chrono::seconds(5));
+      if (admin_) admin_->stop();
+      watchdog_timer_.cancel();
+      signals_.cancel();
+      spdlog::info("stopped");
+      io_.stop();
+    });
+  }
+
+  void wait_for_signal() {
+    signals_.async_wait([this](error_code ec, int sig) {
+      if (ec) return;
+      if (sig == SIGHUP)
+        on_reload();
+      else
+        on_stop_signal(sig);
+      wait_for_signal();
+    });
+  }
+
+  // Pinged from the io thread, so a stuck loop is noticed by systemd.
+  void start_watchdog() {
+    watchdog_ = cfg_.relay.watchdog_interval.count() > 0
+                    ? std::chrono::duration_cast<std::chrono::microseconds>(cfg_.relay.watchdog_interval) / 2
+                    : watchdog_interval();
+    if (watchdog_.count() > 0) ping_watchdog();
+  }
+
+  void ping_watchdog() {
+    notify_watchdog();
+    watchdog_timer_.expires_after(watchdog_);
+    watchdog_timer_.async_wait([this](error_code ec) {
+      if (!ec) ping_watchdog();
+    });
+  }
+
+  config cfg_;
+  std::function<config()> reload_;
+  net::io_context io_{1};
+  metrics metrics_;
+  std::unique_ptr<db_worker> worker_;
+  std::unique_ptr<dispatcher> dispatcher_;
+  std::unique_ptr<admin_server> admin_;
+  net::signal_set signals_{io_, SIGINT, SIGTERM, SIGHUP};
+  steady_timer watchdog_timer_{io_};
+  std::chrono::microseconds watchdog_{0};
+  bool announced_ready_ = false;
+  bool stopping_ = false;
+};
+
 }  // namespace
 
 int run_relay(config cfg, std::function<config()> reload) {
@@ -44,128 +244,9 @@ int run_relay(config cfg, std::function<config()> reload) {
         "no endpoint is configured: set APPOINTMENT_RELAY_ENDPOINT_URL or an [endpoints.NAME] table");
     return 78;
   }
-
-  net::io_context io(1);
-  metrics m;
-  std::unique_ptr<dispatcher> disp;
-  bool announced_ready = false;
-  auto announce = [&](std::string_view status) {
-    if (!announced_ready)
-      notify_ready(status);
-    else
-      notify_status(status);
-    announced_ready = true;
-  };
-
-  db_worker_settings ws;
-  ws.database_url = cfg.database.url;
-  ws.endpoints = endpoint_names(cfg);
-  ws.poll_interval = cfg.database.poll_interval;
-  ws.retention = cfg.database.retention;
-  db_worker_callbacks callbacks;
-  callbacks.on_active = [&](std::string installation_id) {
-    spdlog::info("database connected and listening; this instance is active (installation {})",
-                 installation_id);
-    disp->activate(std::move(installation_id));
-    announce("active: delivering");
-  };
-  callbacks.on_standby = [&]() {
-    spdlog::info("database connected; another instance is active: standing by");
-    announce("standby: another instance is active");
-  };
-  callbacks.on_inactive = [&]() {
-    spdlog::warn("database connection lost: sending nothing new until it is back");
-    disp->deactivate();
-    notify_status("database connection lost: reconnecting");
-  };
-  callbacks.on_wake = [&]() { disp->wake(); };
-
-  std::unique_ptr<db_worker> worker;
-  std::unique_ptr<admin_server> admin;
-  try {
-    worker = start_db_worker(io.get_executor(), ws, callbacks, m);
-    disp = make_dispatcher(io.get_executor(), dispatch_settings(cfg), *worker, m);
-    if (!cfg.admin.listen.empty()) {
-      admin = make_admin_server(io.get_executor(), cfg.admin.listen, m, [&m] { return m.database_up(); });
-      admin->start();
-      spdlog::info("admin server on {} port {} (/healthz, /readyz, /metrics)", cfg.admin.listen,
-                   admin->port());
-    }
-  } catch (const std::exception& e) {
-    spdlog::critical("cannot start: {}", e.what());
-    if (worker) worker->stop(std::chrono::seconds(1));
-    return 1;
-  }
-
-  // Watchdog: pinged from the io thread, so a stuck loop is noticed by systemd.
-  auto watchdog = cfg.relay.watchdog_interval.count() > 0
-                      ? std::chrono::duration_cast<std::chrono::microseconds>(cfg.relay.watchdog_interval) / 2
-                      : watchdog_interval();
-  steady_timer watchdog_timer(io);
-  std::function<void()> ping = [&] {
-    notify_watchdog();
-    watchdog_timer.expires_after(watchdog);
-    watchdog_timer.async_wait([&](error_code ec) {
-      if (!ec) ping();
-    });
-  };
-  if (watchdog.count() > 0) ping();
-
-  for (const auto& e : cfg.endpoints)
-    if (e.secrets.empty())
-      spdlog::warn("endpoint {} has no signing secret: its webhooks go out unsigned", e.name);
-
-  int exit_code = 0;
-  bool stopping = false;
-  net::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
-  std::function<void()> wait_signal = [&] {
-    signals.async_wait([&](error_code ec, int sig) {
-      if (ec) return;
-      if (sig == SIGHUP) {
-        notify_reloading();
-        try {
-          config next = reload();
-          set_log_level(next.log.level);
-          disp->reconfigure(dispatch_settings(next));
-          worker->set_endpoints(endpoint_names(next));
-          cfg = std::move(next);
-          spdlog::info("configuration reloaded:\n{}", render_config(cfg));
-        } catch (const std::exception& e) {
-          spdlog::error("configuration reload failed, keeping the previous one: {}", e.what());
-        }
-        notify_ready("active: configuration reloaded");
-      } else if (!stopping) {
-        stopping = true;
-        notify_stopping();
-        spdlog::info(
-            "{} received: draining {} requests in flight (at most {} ms); a second signal exits at once",
-            sig == SIGINT ? "SIGINT" : "SIGTERM", disp->in_flight(), cfg.relay.shutdown_timeout.count());
-        disp->drain(cfg.relay.shutdown_timeout, [&] {
-          worker->stop(std::chrono::seconds(5));
-          if (admin) admin->stop();
-          watchdog_timer.cancel();
-          signals.cancel();
-          spdlog::info("stopped");
-          io.stop();
-        });
-      } else {
-        spdlog::warn("second signal: exiting now; what was not finished stays pending");
-        spdlog::default_logger()->flush();
-        std::_Exit(1);
-      }
-      wait_signal();
-    });
-  };
-  wait_signal();
-
-  try {
-    io.run();
-  } catch (const std::exception& e) {
-    spdlog::critical("fatal: {}", e.what());
-    exit_code = 1;
-  }
-  if (worker) worker->stop(std::chrono::seconds(5));
-  return exit_code;
+  daemon d(std::move(cfg), std::move(reload));
+  if (!d.start()) return 1;
+  return d.run();
 }
 
 }  // namespace appointment_relay

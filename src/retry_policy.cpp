@@ -205,6 +205,24 @@ std::optional<std::chrono::seconds> parse_retry_after(std::string_view value, st
   return std::chrono::seconds(std::max<std::int64_t>(0, *when - now_unix));
 }
 
+std::string dead_letter_label(dead_cause cause, int status) {
+  switch (cause) {
+    case dead_cause::http_status:
+      return "http_" + std::to_string(status);
+    case dead_cause::max_attempts:
+      return "max_attempts";
+    case dead_cause::max_age:
+      return "max_age";
+    case dead_cause::rejected:
+      return "rejected";
+    case dead_cause::unreadable_row:
+      return "unreadable_row";
+    case dead_cause::none:
+      break;
+  }
+  return "other";
+}
+
 decision decide(const retry_settings& settings, const attempt_result& result, int attempts,
                 std::chrono::milliseconds age, std::int64_t now_unix, double jitter) {
   decision d;
@@ -216,6 +234,7 @@ decision decide(const retry_settings& settings, const attempt_result& result, in
   d.reason = describe(result);
   if (!retryable_status(result.status)) {
     d.what = verdict::dead;
+    d.cause = dead_cause::http_status;
     return d;
   }
 
@@ -237,6 +256,7 @@ decision decide(const retry_settings& settings, const attempt_result& result, in
 
   if (settings.max_attempts > 0 && attempts >= settings.max_attempts) {
     d.what = verdict::dead;
+    d.cause = dead_cause::max_attempts;
     d.delay = milliseconds(0);
     d.reason = "max attempts reached (" + d.reason + ")";
     return d;
@@ -248,6 +268,7 @@ decision decide(const retry_settings& settings, const attempt_result& result, in
                                       : std::max<std::int64_t>(0, settings.max_age.count()) * 1000;
   if (age.count() > max_age_ms || d.delay.count() > max_age_ms - age.count()) {
     d.what = verdict::dead;
+    d.cause = dead_cause::max_age;
     d.delay = milliseconds(0);
     d.reason = "max age reached (" + d.reason + ")";
     return d;

@@ -2,13 +2,17 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <future>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "appointment_relay/metrics.hpp"
+#include "support/tcp_proxy.hpp"
 #include "support/test_database.hpp"
 
 namespace appointment_relay {
@@ -21,7 +25,11 @@ using testing::scratch_database;
 class recorder {
  public:
   db_worker_callbacks callbacks() {
-    return {[this](std::string id) { push("active", std::move(id)); }, [this] { push("inactive", ""); },
+    return {[this](std::string id, std::uint64_t session) {
+              session_ = session;
+              push("active", std::move(id));
+            },
+            [this] { push("inactive", ""); },
             [this] {
               std::lock_guard lock(mutex_);
               ++wakes_;
@@ -49,6 +57,8 @@ class recorder {
     std::lock_guard lock(mutex_);
     return installation_;
   }
+  // The session of the last activation (read on the io thread, where the callbacks run).
+  std::uint64_t session() const { return session_.load(); }
 
  private:
   void push(const char* what, std::string id) {
@@ -62,6 +72,7 @@ class recorder {
   std::vector<std::string> events_;
   std::string installation_;
   int wakes_ = 0;
+  std::atomic<std::uint64_t> session_{0};
 };
 
 class db_worker_test : public ::testing::Test {
@@ -83,23 +94,33 @@ class db_worker_test : public ::testing::Test {
     s.reconnect_min = 50ms;
     s.reconnect_max = 400ms;
     s.standby_retry = 100ms;
+    s.lease = 300ms;  // short: a new leader waits one lease before it is active
+    s.heartbeat = 60ms;
     return s;
   }
 
   std::unique_ptr<db_worker> start(const std::string& url, recorder& r) {
-    return start_db_worker(io_.get_executor(), settings(url), r.callbacks(), metrics_);
+    auto w = start_db_worker(io_.get_executor(), settings(url), r.callbacks(), metrics_);
+    sessions_[w.get()] = &r;
+    return w;
   }
   std::unique_ptr<db_worker> start(db_worker_settings s, recorder& r) {
-    return start_db_worker(io_.get_executor(), std::move(s), r.callbacks(), metrics_);
+    auto w = start_db_worker(io_.get_executor(), std::move(s), r.callbacks(), metrics_);
+    sessions_[w.get()] = &r;
+    return w;
   }
 
-  // fetch() is called on the io thread, as the dispatcher does.
-  std::vector<pending_event> fetch(db_worker& w, const std::string& endpoint) {
+  // fetch() is called on the io thread, as the dispatcher does, in the worker's current session (or the
+  // one given).
+  std::vector<pending_event> fetch(db_worker& w, const std::string& endpoint,
+                                   std::optional<std::uint64_t> session = std::nullopt) {
     auto p = std::make_shared<std::promise<std::vector<pending_event>>>();
     auto f = p->get_future();
-    net::post(io_, [&w, endpoint, p] {
+    recorder* r = sessions_.at(&w);
+    net::post(io_, [&w, endpoint, p, r, session] {
       w.fetch(
-          endpoint, 100, [p](std::vector<pending_event> rows) { p->set_value(std::move(rows)); }, false);
+          endpoint, session.value_or(r->session()), 100,
+          [p](std::vector<pending_event> rows) { p->set_value(std::move(rows)); }, false);
     });
     if (f.wait_for(5s) != std::future_status::ready) throw std::runtime_error("fetch not answered");
     return f.get();
@@ -117,6 +138,7 @@ class db_worker_test : public ::testing::Test {
         " AND application_name = 'appointment-relay'");
   }
 
+  std::map<const db_worker*, recorder*> sessions_;
   metrics metrics_;
   net::io_context io_;
   net::executor_work_guard<net::io_context::executor_type> guard_ = net::make_work_guard(io_);
@@ -155,9 +177,9 @@ TEST_F(db_worker_test, should_run_a_waiting_fetch_on_the_next_notification_witho
   EXPECT_TRUE(fetch(*w, "a").empty());  // everything read
   auto p = std::make_shared<std::promise<std::vector<pending_event>>>();
   auto answered = p->get_future();
-  net::post(io_, [&w, p] {
+  net::post(io_, [&w, &r, p] {
     w->fetch(
-        "a", 100, [p](std::vector<pending_event> rows) { p->set_value(std::move(rows)); }, true);
+        "a", r.session(), 100, [p](std::vector<pending_event> rows) { p->set_value(std::move(rows)); }, true);
   });
   EXPECT_EQ(answered.wait_for(300ms), std::future_status::timeout) << "nothing new: the fetch waits";
   const int wakes_before = r.wakes();
@@ -173,9 +195,10 @@ TEST_F(db_worker_test, should_run_a_waiting_fetch_on_the_next_notification_witho
   std::this_thread::sleep_for(200ms);
   auto p2 = std::make_shared<std::promise<std::vector<pending_event>>>();
   auto second = p2->get_future();
-  net::post(io_, [&w, p2] {
+  net::post(io_, [&w, &r, p2] {
     w->fetch(
-        "a", 100, [p2](std::vector<pending_event> rows) { p2->set_value(std::move(rows)); }, true);
+        "a", r.session(), 100, [p2](std::vector<pending_event> rows) { p2->set_value(std::move(rows)); },
+        true);
   });
   ASSERT_EQ(second.wait_for(2s), std::future_status::ready);
   EXPECT_EQ(second.get().size(), 1u);
@@ -183,9 +206,10 @@ TEST_F(db_worker_test, should_run_a_waiting_fetch_on_the_next_notification_witho
   // A waiting fetch is answered with nothing when the worker stops.
   auto p3 = std::make_shared<std::promise<std::vector<pending_event>>>();
   auto third = p3->get_future();
-  net::post(io_, [&w, p3] {
+  net::post(io_, [&w, &r, p3] {
     w->fetch(
-        "a", 100, [p3](std::vector<pending_event> rows) { p3->set_value(std::move(rows)); }, true);
+        "a", r.session(), 100, [p3](std::vector<pending_event> rows) { p3->set_value(std::move(rows)); },
+        true);
   });
   std::this_thread::sleep_for(100ms);
   w->stop(2s);
@@ -212,6 +236,55 @@ TEST_F(db_worker_test, should_reconnect_after_its_session_is_terminated_and_read
   auto after = fetch(*w, "a");
   ASSERT_EQ(after.size(), 1u);
   EXPECT_GT(after[0].id, first[0].id);
+  w->stop(2s);
+}
+
+// A fetch issued before a reconnect (an earlier session) that reaches the worker after it must not be read:
+// its rows would count as read in the new read position while the dispatcher drops the stale answer, so the
+// new session would never read them.
+TEST_F(db_worker_test, should_not_read_a_fetch_of_an_earlier_session) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  recorder r;
+  auto w = start(db.url(), r);
+  ASSERT_TRUE(r.wait_events(1, 5s));
+  const auto old_session = r.session();
+  kill_relay_sessions(db);
+  ASSERT_TRUE(r.wait_events(3, 5s));
+  ASSERT_NE(r.session(), old_session);
+  book(db);
+  EXPECT_TRUE(fetch(*w, "a", old_session).empty()) << "a stale fetch is answered with nothing";
+  auto rows = fetch(*w, "a");
+  ASSERT_EQ(rows.size(), 1u) << "the new session still reads the row the stale fetch would have taken";
+  w->stop(2s);
+}
+
+// Fencing: a leader whose database connection freezes (no FIN, no RST: a partition, a hung proxy) stops
+// within its lease although its database thread is blocked in a query, says so on /readyz (database_up),
+// and resumes in a new session once the same connection answers again (its lock was never lost).
+TEST_F(db_worker_test, should_stop_within_the_lease_when_its_connection_freezes_and_resume_when_it_thaws) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto [proxy_owner, through] = testing::proxy_database(db.url());
+  auto& proxy = *proxy_owner;
+  recorder r;
+  auto w = start(through, r);
+  ASSERT_TRUE(r.wait_events(1, 5s));
+  const auto first_session = r.session();
+  EXPECT_TRUE(metrics_.database_up());
+  proxy.freeze();
+  const auto frozen_at = std::chrono::steady_clock::now();
+  ASSERT_TRUE(r.wait_events(2, 3s)) << "no on_inactive after the freeze";
+  EXPECT_EQ(r.events()[1], "inactive");
+  EXPECT_LT(std::chrono::steady_clock::now() - frozen_at, 300ms + 60ms + 400ms) << "within the lease";
+  EXPECT_FALSE(metrics_.database_up()) << "/readyz must say 503";
+  proxy.thaw();
+  ASSERT_TRUE(r.wait_events(3, 5s)) << "no on_active after the thaw";
+  EXPECT_EQ(r.events()[2], "active");
+  EXPECT_NE(r.session(), first_session) << "a new session: reads start afresh";
+  EXPECT_TRUE(metrics_.database_up());
+  book(db);
+  EXPECT_EQ(fetch(*w, "a").size(), 1u);
   w->stop(2s);
 }
 

@@ -49,7 +49,7 @@ class relay_under_test {
     ws.endpoints = {"test"};
     ws.poll_interval = 500ms;
     db_worker_callbacks cb;
-    cb.on_active = [this](std::string id) { disp_->activate(std::move(id)); };
+    cb.on_active = [this](std::string id, std::uint64_t session) { disp_->activate(std::move(id), session); };
     cb.on_inactive = [this] { disp_->deactivate(); };
     cb.on_wake = [this] { disp_->wake(); };
     worker_ = start_db_worker(io_.get_executor(), ws, cb, metrics_);
@@ -117,7 +117,7 @@ std::string times(const std::string& start, const std::string& end) {
 TEST(dispatcher, should_deliver_the_six_canvas_payloads_end_to_end_signed) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server server;
+  test_http_server server(testing::always_status(200));
   relay_under_test relay(db, server.url("/canvas"));
 
   auto first = book(db);
@@ -176,14 +176,13 @@ TEST(dispatcher, should_deliver_the_six_canvas_payloads_end_to_end_signed) {
 TEST(dispatcher, should_keep_each_appointments_order_through_retries_without_holding_up_others) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server server;
   // Appointment A's patient is known before anything is captured. A's creation fails until B's creation has
   // arrived (and at least twice): were B held up behind A, A would never get through. A's cancel must wait
   // for A's creation.
   const std::string a_patient_key = "0123456789abcdef0123456789abcdef";
   std::atomic<int> failures{0};
   std::atomic<bool> b_arrived{false};
-  server.set_handler([&](const recorded_request& r, int) {
+  test_http_server server([&](const recorded_request& r, int) {
     bool a_created =
         r.body.find(a_patient_key) != std::string::npos && r.body.find("\"created\"") != std::string::npos;
     if (!a_created) {
@@ -231,8 +230,7 @@ TEST(dispatcher, should_keep_each_appointments_order_through_retries_without_hol
 TEST(dispatcher, should_dead_letter_a_400_at_once_and_record_the_reason) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server server;
-  server.set_handler([](const recorded_request&, int) { return response_plan::with_status(400); });
+  test_http_server server([](const recorded_request&, int) { return response_plan::with_status(400); });
   relay_under_test relay(db, server.url());
   auto a = book(db);
   ASSERT_TRUE(server.wait_for_requests(1, 10s));
@@ -254,7 +252,7 @@ TEST(dispatcher, should_dead_letter_a_400_at_once_and_record_the_reason) {
 TEST(dispatcher, should_honour_retry_after_on_a_429) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server server;
+  test_http_server server(testing::always_status(200));
   server.push_plan(response_plan::with_status(429).header("Retry-After", "1"));
   retry_settings retry = relay_under_test::fast_retry();
   retry.max_delay = 5s;
@@ -270,7 +268,7 @@ TEST(dispatcher, should_honour_retry_after_on_a_429) {
 TEST(dispatcher, should_dead_letter_a_row_the_classifier_rejects_and_deliver_the_rest) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
-  test_http_server server;
+  test_http_server server(testing::always_status(200));
   relay_under_test relay(db, server.url());
   auto patient = canvas(db, "create_patient()");
   db.exec("INSERT INTO api_appointment (patient_id, start_time, duration_minutes, status) VALUES (" +
@@ -322,8 +320,8 @@ class fake_source final : public event_source {
     }
   }
 
-  void fetch(std::string endpoint, std::size_t limit, std::function<void(std::vector<pending_event>)> done,
-             bool wait) override {
+  void fetch(std::string endpoint, std::uint64_t, std::size_t limit,
+             std::function<void(std::vector<pending_event>)> done, bool wait) override {
     auto& next = cursor_[endpoint];
     if (wait && next >= events_.size()) {
       waiting_[endpoint] = std::move(done);  // its events never change: nothing new will come
@@ -368,8 +366,7 @@ endpoint_config endpoint_to(const std::string& name, const std::string& url) {
 }
 
 TEST(dispatcher, should_stop_reading_for_a_slow_endpoint_once_its_window_is_full) {
-  test_http_server server;
-  server.set_handler(
+  test_http_server server(
       [](const recorded_request&, int) { return response_plan::with_status(200).after(100ms); });
   net::io_context io;
   fake_source source(io, 100);
@@ -379,7 +376,7 @@ TEST(dispatcher, should_stop_reading_for_a_slow_endpoint_once_its_window_is_full
   s.max_pending_per_endpoint = 5;
   s.batch_size = 3;
   auto d = make_dispatcher(io.get_executor(), s, source, m);
-  d->activate("test");
+  d->activate("test", 1);
   io.run_for(450ms);
   // In 450 ms two connections finish about 8 requests: what was handed out stays within the window.
   EXPECT_LE(source.handed("slow"), source.delivered("slow") + 5 + 2);
@@ -390,10 +387,11 @@ TEST(dispatcher, should_stop_reading_for_a_slow_endpoint_once_its_window_is_full
 }
 
 TEST(dispatcher, should_not_let_an_endpoint_that_is_down_delay_another) {
-  test_http_server up;
+  test_http_server up(testing::always_status(200));
   std::uint16_t closed_port = 0;
   {
-    test_http_server gone;  // a port that was just ours and is now closed: connections are refused
+    // A port that was just ours and is now closed: connections are refused.
+    test_http_server gone(testing::always_status(200));
     closed_port = gone.port();
   }
   net::io_context io;
@@ -407,7 +405,7 @@ TEST(dispatcher, should_not_let_an_endpoint_that_is_down_delay_another) {
   s.retry.max_delay = 50ms;
   s.max_pending_per_endpoint = 20;
   auto d = make_dispatcher(io.get_executor(), s, source, m);
-  d->activate("test");
+  d->activate("test", 1);
   for (int i = 0; i < 100 && source.delivered("up") < 200; ++i) io.run_for(50ms);
   EXPECT_EQ(source.delivered("up"), 200u);
   EXPECT_EQ(source.delivered("down"), 0u);
@@ -416,15 +414,19 @@ TEST(dispatcher, should_not_let_an_endpoint_that_is_down_delay_another) {
   io.run_for(2s);
 }
 
-// An HTTP client that never answers on its own: the test answers, late or never.
+// An HTTP client that never answers on its own: the test answers, late or never. It records what the lane
+// cancels.
 class silent_client final : public http_client {
  public:
-  void post(std::string, header_list, std::function<void(http_response_info)> done) override {
+  request_id post(std::string, header_list, std::function<void(http_response_info)> done) override {
     held.push_back(std::move(done));
+    return held.size();  // ids 1, 2, ...
   }
+  void cancel(request_id id) override { cancelled.push_back(id); }
   std::size_t outstanding() const noexcept override { return held.size(); }
   void close() override {}
   std::vector<std::function<void(http_response_info)>> held;
+  std::vector<request_id> cancelled;
 };
 
 TEST(dispatcher, should_end_an_attempt_the_client_never_answers_and_ignore_its_late_answer) {
@@ -438,10 +440,13 @@ TEST(dispatcher, should_end_an_attempt_the_client_never_answers_and_ignore_its_l
   s.retry.max_delay = 20ms;
   s.make_client = [client](executor, const url&, const http_client_options&) { return client; };
   auto d = make_dispatcher(io.get_executor(), s, source, m);
-  d->activate("test");
+  d->activate("test", 1);
   // The attempt's deadline is the endpoint's timeout (1 s) + 5 s; the lane's sweep runs every second.
   for (int i = 0; i < 100 && client->held.size() < 2; ++i) io.run_for(100ms);
   ASSERT_EQ(client->held.size(), 2u) << "the unanswered attempt ended and the event was sent again";
+  EXPECT_EQ(client->cancelled, std::vector<http_client::request_id>{1})
+      << "the given-up request is cancelled in the client before the event goes again";
+  EXPECT_EQ(d->abandoned_attempts(), 1u);
   io.run_for(50ms);
   ASSERT_FALSE(source.recorded().empty());
   EXPECT_EQ(source.recorded().front().state, delivery_state::retrying);
@@ -459,7 +464,77 @@ TEST(dispatcher, should_end_an_attempt_the_client_never_answers_and_ignore_its_l
   EXPECT_EQ(d->in_flight(), 0u);
   d->drain(200ms, [&] { io.stop(); });
   io.run_for(1s);
-  client->held.clear();  // the answered callbacks hold the lane, which holds this client
+}
+
+// A real HTTP client whose first answer is lost on the way back (a defect of a client), with a request
+// timeout far longer than the lane's: the lane's guard must give the attempt up and cancel the request in
+// the client before the event goes again, so the abandoned request cannot reach the receiver after its
+// retry (and cannot be answered twice).
+class deaf_client final : public http_client {
+ public:
+  explicit deaf_client(std::shared_ptr<http_client> real) : real_(std::move(real)) {}
+  request_id post(std::string body, header_list headers,
+                  std::function<void(http_response_info)> done) override {
+    const bool deaf = ++posts == 1;
+    auto id = real_->post(std::move(body), std::move(headers),
+                          [this, deaf, done = std::move(done)](http_response_info r) {
+                            if (deaf) {
+                              lost_answers.push_back(r.error);
+                              return;
+                            }
+                            done(std::move(r));
+                          });
+    log.push_back("post " + std::to_string(id));
+    return id;
+  }
+  void cancel(request_id id) override {
+    log.push_back("cancel " + std::to_string(id));
+    real_->cancel(id);
+  }
+  std::size_t outstanding() const noexcept override { return real_->outstanding(); }
+  void close() override { real_->close(); }
+
+  int posts = 0;
+  std::vector<std::string> log;
+  std::vector<std::string> lost_answers;
+
+ private:
+  std::shared_ptr<http_client> real_;
+};
+
+TEST(dispatcher, should_cancel_an_attempt_its_guard_gave_up_before_the_event_goes_again) {
+  test_http_server server([](const recorded_request&, int index) {
+    return index == 0 ? response_plan::fault(response_plan::action::freeze) : response_plan::with_status(200);
+  });
+  net::io_context io;
+  fake_source source(io, 1);
+  metrics m;
+  std::shared_ptr<deaf_client> client;
+  dispatcher_settings s;
+  s.endpoints = {endpoint_to("crm", server.url())};  // timeout 1 s: the guard gives up after 1 s + 5 s
+  s.retry.base_delay = 10ms;
+  s.retry.max_delay = 20ms;
+  s.make_client = [&](executor ex, const url& u, const http_client_options& o) {
+    auto patient = o;
+    patient.request_timeout = 60s;  // the client itself would wait far longer than the lane
+    client = std::make_shared<deaf_client>(make_http_client(ex, u, patient));
+    return client;
+  };
+  auto d = make_dispatcher(io.get_executor(), s, source, m);
+  d->activate("test", 1);
+  for (int i = 0; i < 120 && source.delivered("crm") < 1; ++i) io.run_for(100ms);
+  ASSERT_EQ(source.delivered("crm"), 1u);
+  EXPECT_EQ(d->abandoned_attempts(), 1u);
+  ASSERT_EQ(client->log, (std::vector<std::string>{"post 1", "cancel 1", "post 2"}))
+      << "the abandoned request is cancelled before the retry is posted";
+  io.run_for(100ms);
+  EXPECT_EQ(client->lost_answers, std::vector<std::string>{"cancelled"}) << "the client ended it at once";
+  ASSERT_EQ(server.request_count(), 2u);
+  auto requests = server.requests();
+  EXPECT_EQ(requests[0].header("webhook-id"), requests[1].header("webhook-id"));
+  EXPECT_NE(requests[0].connection, requests[1].connection) << "the frozen connection was aborted";
+  d->drain(500ms, [&] { io.stop(); });
+  io.run_for(1s);
 }
 
 }  // namespace

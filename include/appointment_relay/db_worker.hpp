@@ -26,12 +26,22 @@ struct db_worker_settings {
   std::chrono::milliseconds reconnect_min{200};
   std::chrono::milliseconds reconnect_max{10000};
   std::chrono::milliseconds standby_retry{1000};  // how often a standby tries the leadership lock
+  // Fencing. The leader confirms its leadership with every round trip (at least one per heartbeat); when
+  // none has succeeded for a lease, it stops sending (on_inactive, from a timer on the io thread, so even a
+  // database thread blocked in a frozen connection cannot delay it) until one succeeds again. A new leader
+  // waits a lease after taking the lock, so an instance that lost its lock without knowing it has stopped
+  // before anyone else sends. The server-side session timeouts (store::use_daemon_session) must be longer
+  // than the lease: a frozen instance's lock is released only after it has stopped.
+  std::chrono::milliseconds lease{5000};
+  std::chrono::milliseconds heartbeat{1000};
 };
 
 struct db_worker_callbacks {
   // All run on the io executor.
-  std::function<void(std::string installation_id)> on_active;  // leadership (re)gained; read positions reset
-  std::function<void()> on_inactive;  // connection lost (or not yet leader): stop sending new work
+  // Leadership (re)gained and confirmed: read positions reset; session tags this activation's fetches.
+  std::function<void(std::string installation_id, std::uint64_t session)> on_active;
+  // Connection lost or leadership not confirmed within the lease: stop sending at once.
+  std::function<void()> on_inactive;
   // New rows may be there (NOTIFY, poll tick, catch-up after (re)connect); not called when every endpoint
   // has a waiting fetch, which the worker then runs itself.
   std::function<void()> on_wake;
@@ -43,8 +53,9 @@ class db_worker : public event_source {
   virtual ~db_worker() = default;
   // Reads the next events for endpoint (store::read_pending); done runs on the io executor, with nothing
   // when the connection is down. Call on the io thread; at most one fetch per endpoint outstanding.
-  void fetch(std::string endpoint, std::size_t limit, std::function<void(std::vector<pending_event>)> done,
-             bool wait) override = 0;
+  // A fetch of another session than the current active one is answered with nothing and not read.
+  void fetch(std::string endpoint, std::uint64_t session, std::size_t limit,
+             std::function<void(std::vector<pending_event>)> done, bool wait) override = 0;
   // Queues outcomes to write (batched with others); kept across reconnects until written.
   void record(std::vector<delivery_update> updates,
               std::map<std::string, std::int64_t> done_through) override = 0;

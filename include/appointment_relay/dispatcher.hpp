@@ -34,19 +34,27 @@ class dispatcher {
  public:
   virtual ~dispatcher() = default;
   // This instance leads: start reading every endpoint from its persisted position. installation_id is part
-  // of every webhook-id. Resets whatever was held in memory.
-  virtual void activate(std::string installation_id) = 0;
-  // The database is gone or another instance leads: send nothing new; in-flight requests finish and their
-  // outcomes are still recorded.
+  // of every webhook-id; session tags every fetch (event_source::fetch). Resets whatever was held in memory,
+  // cancelling any request still in flight from before.
+  virtual void activate(std::string installation_id, std::uint64_t session) = 0;
+  // The database is gone, the leadership is not confirmed, or another instance leads: send nothing more.
+  // Requests in flight are cancelled (none of them reaches a receiver after this returns; their events stay
+  // pending in the database, to be sent again by whoever leads next, with the same webhook-id); outcomes
+  // already known are handed to the event source.
   virtual void deactivate() = 0;
   // New events may be pending.
   virtual void wake() = 0;
-  // New endpoint settings (SIGHUP): lanes added, changed in place, or retired.
+  // New endpoint settings (SIGHUP), applied all at once or not at all: every lane, HTTP client, CA, key and
+  // signing secret is made first; on any error (thrown, std::runtime_error) nothing has changed. Lanes are
+  // then added, changed in place, or retired (a retired endpoint's requests in flight are cancelled).
   virtual void reconfigure(const dispatcher_settings& settings) = 0;
-  // Stop taking new events, let in-flight requests finish until the deadline, hand the outcomes over, then
-  // call done (once). Idempotent.
+  // Stop taking new events, let in-flight requests finish until the deadline (then cancel what is left),
+  // hand the outcomes over, then call done (once). Idempotent.
   virtual void drain(std::chrono::milliseconds deadline, std::function<void()> done) = 0;
   virtual std::size_t in_flight() const = 0;
+  // Attempts given up because the HTTP client gave no answer past the request deadline plus a grace period
+  // (a defect of the client if it ever happens: tests assert it stays 0).
+  virtual std::uint64_t abandoned_attempts() const = 0;
 };
 
 // Throws std::runtime_error when an endpoint's TLS files cannot be loaded.

@@ -20,7 +20,10 @@ class event_source {
   // waiting one (which is answered with nothing). wait: read only once something may be new since this
   // endpoint's previous read began (a notification, the poll tick), not at once: a caller that has read
   // everything parks its next read this way, and the source runs it as soon as news arrives.
-  virtual void fetch(std::string endpoint, std::size_t limit,
+  // session: the one the caller was activated in (db_worker_callbacks::on_active). A fetch of an earlier
+  // session is answered with nothing and never read: its rows would count as read in the new session's read
+  // position while its caller drops them.
+  virtual void fetch(std::string endpoint, std::uint64_t session, std::size_t limit,
                      std::function<void(std::vector<pending_event>)> done, bool wait) = 0;
   // Outcomes to write, batched with others, kept across reconnects until written; done_through: endpoint ->
   // every event up to that id is done there.

@@ -25,10 +25,26 @@ struct attempt_result {
 
 enum class verdict { delivered, retry, dead };
 
+// Why an event was dead-lettered: decides the bounded label of the dead-letter metric (the full reason text
+// goes to the log and the database).
+enum class dead_cause {
+  none,            // not dead
+  http_status,     // a status that is not retried (other 4xx, 3xx, 1xx as a final answer)
+  max_attempts,    // retry.max_attempts reached
+  max_age,         // retry.max_age reached
+  rejected,        // the classifier refused the captured change
+  unreadable_row,  // the outbox row could not be decoded
+};
+
+// "http_404", "max_attempts", "max_age", "rejected", "unreadable_row" (status: the HTTP status, for
+// http_status).
+std::string dead_letter_label(dead_cause cause, int status);
+
 struct decision {
   verdict what = verdict::dead;
-  std::chrono::milliseconds delay{0};  // verdict::retry: wait this long before the next attempt
-  std::string reason;                  // "http 503", "connection refused", "http 400", "max age reached", ...
+  dead_cause cause = dead_cause::none;  // verdict::dead: why
+  std::chrono::milliseconds delay{0};   // verdict::retry: wait this long before the next attempt
+  std::string reason;  // "http 503", "connection refused", "http 400", "max age reached", ...
 };
 
 // attempts: attempts made so far, this one included (>= 1).

@@ -31,15 +31,11 @@ inline int stream_lives(int normal = 700) {
 // The daemon's environment against db and one endpoint ("default"), fast retries, admin on a free port.
 inline environment relay_env(const scratch_database& db, const std::string& endpoint_url) {
   return {
-      {"APPOINTMENT_RELAY_DATABASE_URL", db.url()},
-      {"APPOINTMENT_RELAY_ENDPOINT_URL", endpoint_url},
-      {"APPOINTMENT_RELAY_SIGNING_SECRET", fault_secret},
-      {"APPOINTMENT_RELAY_ADMIN_LISTEN", "127.0.0.1:0"},
-      {"APPOINTMENT_RELAY_RETRY_BASE_DELAY", "50ms"},
-      {"APPOINTMENT_RELAY_RETRY_MAX_DELAY", "500ms"},
-      {"APPOINTMENT_RELAY_DATABASE_POLL_INTERVAL", "1s"},
-      {"APPOINTMENT_RELAY_RELAY_SHUTDOWN_TIMEOUT", "5s"},
-      {"APPOINTMENT_RELAY_LOG_LEVEL", "info"},
+      {"APPOINTMENT_RELAY_DATABASE_URL", db.url()},       {"APPOINTMENT_RELAY_ENDPOINT_URL", endpoint_url},
+      {"APPOINTMENT_RELAY_SIGNING_SECRET", fault_secret}, {"APPOINTMENT_RELAY_ADMIN_LISTEN", "127.0.0.1:0"},
+      {"APPOINTMENT_RELAY_RETRY_BASE_DELAY", "50ms"},     {"APPOINTMENT_RELAY_RETRY_MAX_DELAY", "500ms"},
+      {"APPOINTMENT_RELAY_DATABASE_POLL_INTERVAL", "1s"}, {"APPOINTMENT_RELAY_DATABASE_LEADER_LEASE", "1s"},
+      {"APPOINTMENT_RELAY_RELAY_SHUTDOWN_TIMEOUT", "5s"}, {"APPOINTMENT_RELAY_LOG_LEVEL", "info"},
   };
 }
 

@@ -2,8 +2,13 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -11,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fault_support.hpp"
+#include "support/tcp_proxy.hpp"
 
 // The real daemon as a process against a scratch database and a real receiver, while a stream of a few
 // thousand Canvas changes is played, under faults: every expected payload arrives at least once, nothing
@@ -31,19 +37,21 @@ class receiver {
   explicit receiver(std::uint16_t port = 0) {
     test_server_options o;
     o.port = port;
-    server_ = std::make_unique<test_http_server>(o);
-    server_->set_handler([this](const recorded_request& r, int index) {
-      policy p;
-      {
-        std::lock_guard lock(mutex_);
-        p = policy_;
-      }
-      auto plan = p ? p(r, index) : response_plan::with_status(200);
-      bool ok = plan.what == response_plan::action::respond && plan.status / 100 == 2 && plan.delay < 100ms;
-      std::lock_guard lock(mutex_);
-      if (ok) accepted_.insert(index);
-      return plan;
-    });
+    server_ = std::make_unique<test_http_server>(
+        [this](const recorded_request& r, int index) {
+          policy p;
+          {
+            std::lock_guard lock(mutex_);
+            p = policy_;
+          }
+          auto plan = p ? p(r, index) : response_plan::with_status(200);
+          bool ok =
+              plan.what == response_plan::action::respond && plan.status / 100 == 2 && plan.delay < 100ms;
+          std::lock_guard lock(mutex_);
+          if (ok) accepted_.insert(index);
+          return plan;
+        },
+        o);
   }
 
   ~receiver() { server_->stop(); }  // before the members its handler uses are gone
@@ -73,6 +81,26 @@ class receiver {
   std::set<int> accepted_;
 };
 
+// Requests of one appointment that overlapped in time, seen from the receiver: a request that arrived before
+// the previous one of its appointment was answered (every request is answered answer_time after it arrives).
+int count_overlaps(const std::vector<expected_notification>& expected,
+                   const std::vector<recorded_request>& got, std::chrono::milliseconds answer_time) {
+  std::map<std::string, std::string> key_of;
+  for (const auto& e : expected) key_of[e.body] = e.ordering_key;
+  std::map<std::string, clock_type::time_point> last_arrival;
+  int overlaps = 0;
+  for (const auto& r : got) {
+    auto key = key_of.find(r.body);
+    if (key == key_of.end()) continue;
+    auto [it, first] = last_arrival.try_emplace(key->second, r.received);
+    if (!first) {
+      if (r.received < it->second + answer_time - 5ms) ++overlaps;
+      it->second = r.received;
+    }
+  }
+  return overlaps;
+}
+
 class relay_faults : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -87,10 +115,23 @@ class relay_faults : public ::testing::Test {
     return o;
   }
 
-  static std::unique_ptr<relay_process> start_active(const environment& env) {
-    auto relay = std::make_unique<relay_process>(env);
+  // Every relay a test starts is kept until the test has ended, so that TearDown can read its log.
+  relay_process* start(const environment& env, std::vector<std::string> args = {"run"}) {
+    relays_.push_back(std::make_unique<relay_process>(env, std::move(args)));
+    return relays_.back().get();
+  }
+  relay_process* start_active(const environment& env, std::vector<std::string> args = {"run"}) {
+    auto* relay = start(env, std::move(args));
     EXPECT_TRUE(relay->wait_for_log("this instance is active", 30s)) << relay->log();
     return relay;
+  }
+
+  // The dispatcher's guard ends an attempt the HTTP client never answered: a defect of the client. Every
+  // attempt of these streams must end by the client's own answer (a response, a timeout, an error).
+  void TearDown() override {
+    for (const auto& relay : relays_)
+      EXPECT_EQ(relay->count_in_log("no answer from the HTTP client"), 0u)
+          << "the no-answer guard fired (pid " << relay->pid() << ")";
   }
 
   // Waits for every expected payload among the accepted requests, then checks them all.
@@ -111,11 +152,12 @@ class relay_faults : public ::testing::Test {
   }
 
   std::unique_ptr<scratch_database> db_;
+  std::vector<std::unique_ptr<relay_process>> relays_;
 };
 
 TEST_F(relay_faults, should_deliver_the_whole_stream_exactly_once_without_faults) {
   receiver rx;
-  auto relay = start_active(relay_env(*db_, rx.url()));
+  start_active(relay_env(*db_, rx.url()));
   canvas_stream stream(db_->url(), stream_opts(stream_lives()));
   stream.play();
   auto expected = stream.expected();
@@ -209,8 +251,13 @@ TEST_F(relay_faults, should_reconnect_after_the_postgresql_server_restarts_mid_s
   EXPECT_TRUE(relay->running());
 }
 
+// Terminated while requests are in flight (every answer takes 30 ms): the new session cancels nothing it
+// does not own and sends no event of an appointment while an older request of it is still open.
 TEST_F(relay_faults, should_reconnect_when_its_connections_are_terminated_mid_stream) {
+  constexpr auto answer_time = 30ms;
   receiver rx;
+  rx.set_policy(
+      [&](const recorded_request&, int) { return response_plan::with_status(200).after(answer_time); });
   auto relay = start_active(relay_env(*db_, rx.url()));
   canvas_stream stream(db_->url(), stream_opts(stream_lives(), 17));
   stream.start();
@@ -224,8 +271,34 @@ TEST_F(relay_faults, should_reconnect_when_its_connections_are_terminated_mid_st
   }
   EXPECT_GT(relay->log_size(), before);
   stream.join();
-  expect_delivered(stream.expected(), [&] { return rx.accepted(); });
+  expect_delivered(stream.expected(), [&] { return rx.server().requests(); });
+  EXPECT_EQ(count_overlaps(stream.expected(), rx.server().requests(), answer_time), 0)
+      << "requests of one appointment overlapped in time";
   EXPECT_TRUE(relay->running());
+}
+
+// Receivers behind real proxies: interim responses before the final one (103 Early Hints with Link headers,
+// 100 Continue, 102 Processing), `Connection: close`, answers whose headers come late: every event arrives,
+// in order per appointment, nothing is dead-lettered, and no interim answer is taken for the final one.
+TEST_F(relay_faults, should_deliver_through_interim_responses_connection_close_and_slow_headers) {
+  receiver rx;
+  rx.set_policy([](const recorded_request&, int i) {
+    auto plan = response_plan::with_status(i % 4 == 0 ? 202 : 200);
+    if (i % 3 == 0) plan.interim(103, {{"Link", "</styles.css>; rel=preload; as=style"}});
+    if (i % 5 == 1) plan.interim(100);
+    if (i % 7 == 2) plan.interim(102).interim(103, {{"Link", "</app.js>; rel=preload; as=script"}});
+    if (i % 6 == 5) plan.closing();
+    if (i % 17 == 8) plan.after(60ms);
+    return plan;
+  });
+  start_active(relay_env(*db_, rx.url()));
+  canvas_stream stream(db_->url(), stream_opts(stream_lives() / 2, 47));
+  stream.play();
+  expect_delivered(stream.expected(), [&] { return rx.server().requests(); });
+  for (const auto& relay : relays_) {
+    EXPECT_EQ(relay->count_in_log("dead letter"), 0u);
+    EXPECT_EQ(relay->count_in_log("status=103"), 0u) << "an interim response taken for the answer";
+  }
 }
 
 TEST_F(relay_faults, should_deliver_through_503_retry_after_timeouts_and_resets) {
@@ -320,11 +393,59 @@ TEST_F(relay_faults, should_dead_letter_a_kind_answered_400_show_it_in_status_an
   EXPECT_TRUE(after[0]["dead_letters"].empty()) << after.dump();
 }
 
+// A reload is built whole before anything changes: one that adds an endpoint beside one whose CA file
+// cannot be loaded changes nothing (the added endpoint gets no request), and the corrected reload makes
+// exactly one lane for it: every event once, in order per appointment.
+TEST_F(relay_faults, should_apply_a_reload_whole_or_not_at_all_and_keep_one_lane_per_endpoint) {
+  receiver main_rx, added_rx;
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("ar-reload-" + std::to_string(::getpid()) + "-" +
+                                                std::to_string(clock_type::now().time_since_epoch().count()));
+  std::filesystem::create_directories(dir);
+  const auto path = (dir / "relay.toml").string();
+  const auto bad_ca = (dir / "not-a-ca.pem").string();
+  { std::ofstream(bad_ca) << "this is not a certificate\n"; }
+  auto endpoint = [](const std::string& name, const std::string& url, const std::string& extra = "") {
+    return "[endpoints." + name + "]\nurl = \"" + url + "\"\nsecrets = [\"" + fault_secret + "\"]\n" + extra +
+           "\n";
+  };
+  auto write = [&](const std::string& text) { std::ofstream(path, std::ios::trunc) << text; };
+  write(endpoint("default", main_rx.url()));
+  auto env = relay_env(*db_, main_rx.url());
+  env.erase("APPOINTMENT_RELAY_ENDPOINT_URL");
+  env.erase("APPOINTMENT_RELAY_SIGNING_SECRET");
+  auto* relay = start_active(env, {"run", "--config", path});
+  canvas_stream stream(db_->url(), stream_opts(stream_lives(), 41));
+  stream.start();
+  ASSERT_TRUE(stream.wait_for_actions(static_cast<std::size_t>(stream_lives() / 3), 60s));
+
+  write(endpoint("default", main_rx.url()) + endpoint("aaa", added_rx.url()) +
+        endpoint("zzz", "https://127.0.0.1:9/hook", "ca_file = \"" + bad_ca + "\""));
+  auto before = relay->log_size();
+  ASSERT_TRUE(relay->send_signal(SIGHUP));
+  EXPECT_TRUE(relay->wait_for_log("configuration reload failed", 10s, before)) << relay->log().substr(before);
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(added_rx.server().request_count(), 0u) << "a failed reload must not have started endpoint aaa";
+
+  write(endpoint("default", main_rx.url()) + endpoint("aaa", added_rx.url()));
+  before = relay->log_size();
+  ASSERT_TRUE(relay->send_signal(SIGHUP));
+  EXPECT_TRUE(relay->wait_for_log("configuration reloaded", 10s, before)) << relay->log().substr(before);
+  stream.join();
+  auto expected = stream.expected();
+  expect_delivered(expected, [&] { return main_rx.accepted(); });
+  delivery_check_options once;
+  once.allow_duplicates = false;
+  expect_delivered(
+      expected, [&] { return added_rx.server().requests(); }, once);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_F(relay_faults, should_deliver_once_with_two_instances_and_fail_over_to_the_standby_when_killed) {
   receiver rx;
   auto env = relay_env(*db_, rx.url());
   auto a = start_active(env);
-  auto b = std::make_unique<relay_process>(env);
+  auto* b = start(env);
   ASSERT_TRUE(b->wait_for_log("another instance is active", 30s)) << b->log();
 
   canvas_stream first(db_->url(), stream_opts(stream_lives() / 2, 31));
@@ -348,6 +469,49 @@ TEST_F(relay_faults, should_deliver_once_with_two_instances_and_fail_over_to_the
   expected.insert(expected.end(), more.begin(), more.end());
   expect_delivered(expected, [&] { return rx.server().requests(); });
   EXPECT_GT(b->count_in_log("delivered event="), 0u);
+}
+
+// Fencing across instances, on a fault that is not clean: the active instance's connections to PostgreSQL
+// freeze mid-stream (a TCP proxy that stops forwarding: no FIN, no RST), a standby runs beside it. The frozen
+// one stops sending within its lease and says 503 on /readyz; its session (and the advisory lock) ends on
+// the server's side; the standby takes over within 30 s; no two requests of one appointment overlap in time
+// across the two instances; everything is delivered.
+TEST_F(relay_faults,
+       should_fail_over_within_30_seconds_when_the_active_instances_database_connection_freezes) {
+  constexpr auto answer_time = 50ms;
+  receiver rx;
+  rx.set_policy(
+      [&](const recorded_request&, int) { return response_plan::with_status(200).after(answer_time); });
+  auto [proxy, through] = proxy_database(db_->url());
+  auto frozen_env = relay_env(*db_, rx.url());
+  frozen_env["APPOINTMENT_RELAY_DATABASE_URL"] = through;
+  auto* a = start_active(frozen_env);
+  auto* b = start(relay_env(*db_, rx.url()));
+  ASSERT_TRUE(b->wait_for_log("another instance is active", 30s)) << b->log();
+
+  canvas_stream stream(db_->url(), stream_opts(stream_lives() / 2, 43));
+  stream.start();
+  ASSERT_TRUE(stream.wait_for_actions(static_cast<std::size_t>(stream_lives() / 8), 60s));
+  ASSERT_TRUE(rx.server().wait_for_requests(10, 30s));
+  proxy->freeze();
+  const auto frozen_at = clock_type::now();
+  const auto port = a->admin_port();
+  bool unready = false;
+  for (int i = 0; i < 100 && !unready; ++i) {
+    unready = http_get(port, "/readyz").status == 503;
+    if (!unready) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(unready) << "the frozen instance still says it is ready";
+  EXPECT_TRUE(b->wait_for_log("this instance is active", 40s)) << b->log();
+  EXPECT_LT(clock_type::now() - frozen_at, 30s) << "the standby takes over within 30 s";
+  stream.join();
+  auto expected = stream.expected();
+  expect_delivered(expected, [&] { return rx.server().requests(); });
+
+  // From the receiver's side, also across the two instances.
+  EXPECT_EQ(count_overlaps(expected, rx.server().requests(), answer_time), 0)
+      << "requests of one appointment overlapped in time";
+  proxy->thaw();  // the frozen instance's threads end instead of waiting for their timeouts
 }
 
 }  // namespace
