@@ -36,7 +36,7 @@ struct fetch_command {
 
 struct record_batch {
   std::vector<delivery_update> updates;
-  std::map<std::string, std::int64_t> done_through;
+  std::map<std::string, watermark> done_through;
 
   void merge(record_batch&& other) {
     if (updates.empty())
@@ -44,9 +44,17 @@ struct record_batch {
     else
       updates.insert(updates.end(), std::make_move_iterator(other.updates.begin()),
                      std::make_move_iterator(other.updates.end()));
-    for (auto& [endpoint, id] : other.done_through) {
-      auto [it, inserted] = done_through.emplace(endpoint, id);
-      if (!inserted) it->second = std::max(it->second, id);
+    for (auto& [endpoint, w] : other.done_through) {
+      auto [it, inserted] = done_through.emplace(endpoint, w);
+      if (inserted) continue;
+      // One lane's reports only grow within a session; a later session's replaces an earlier one's.
+      auto& kept = it->second;
+      if (w.session != kept.session) {
+        if (w.session > kept.session) kept = w;
+      } else {
+        kept.done_through = std::max(kept.done_through, w.done_through);
+        kept.acked_read = std::max(kept.acked_read, w.acked_read);
+      }
     }
   }
   bool empty() const { return updates.empty() && done_through.empty(); }
@@ -220,6 +228,14 @@ void write_records(state& s, store& db) {
     std::swap(batch, s.records);
   }
   if (batch.empty()) return;
+  {
+    // A watermark of an earlier session speaks of reads of a position that is gone: the new one may have
+    // handed out since a row below it.
+    std::lock_guard lock(s.mutex);
+    std::erase_if(batch.done_through,
+                  [&](const auto& e) { return e.second.session != 0 && e.second.session != s.session; });
+  }
+  if (batch.empty()) return;
   try {
     db.record(batch.updates, batch.done_through);
   } catch (...) {
@@ -369,8 +385,8 @@ void run(std::shared_ptr<state> sp) {
       active = true;
       failures = 0;
       spdlog::info("database: connected and active (installation {})", id);
+      s.m.set_database_up(true);  // before the io side hears of it: /readyz agrees with "active"
       s.begin_session(id);
-      s.m.set_database_up(true);
       s.post_wake();
       active_loop(s, db);
       break;
@@ -440,8 +456,7 @@ class worker final : public db_worker {
     if (f.done) state_->answer(f, {});
   }
 
-  void record(std::vector<delivery_update> updates,
-              std::map<std::string, std::int64_t> done_through) override {
+  void record(std::vector<delivery_update> updates, std::map<std::string, watermark> done_through) override {
     std::lock_guard lock(state_->mutex);
     state_->records.merge(record_batch{std::move(updates), std::move(done_through)});
     state_->signal();

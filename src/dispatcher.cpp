@@ -196,11 +196,12 @@ class lane : public std::enable_shared_from_this<lane> {
   // Hands every recorded outcome and the watermark to the source now.
   void flush() {
     flush_armed_ = false;
-    if (auto through = done_through()) outcomes_.done_through(*through);
+    if (auto through = done_through()) outcomes_.done_through(*through, acked_read_);
     if (outcomes_.empty()) return;
     auto taken = outcomes_.take();
-    std::map<std::string, std::int64_t> done;
-    if (taken.done_through) done.emplace(cfg_.name, *taken.done_through);
+    std::map<std::string, watermark> done;
+    if (taken.done_through)
+      done.emplace(cfg_.name, watermark(*taken.done_through, taken.acked_read, session_));
     source_.record(std::move(taken.updates), std::move(done));
   }
 
@@ -214,6 +215,7 @@ class lane : public std::enable_shared_from_this<lane> {
     outcomes_.reset_watermark();
     retry_timer_.cancel();
     read_top_ = -1;
+    acked_read_ = 0;
     fetching_ = false;
     waiting_ = false;
     wake_pending_ = false;
@@ -281,6 +283,7 @@ class lane : public std::enable_shared_from_this<lane> {
 
   void accept(pending_event e) {
     if (e.id > read_top_) read_top_ = e.id;
+    acked_read_ = std::max(acked_read_, e.read);
     if (order_.contains(e.id)) return;
     if (auto* error = std::get_if<std::string>(&e.change)) {
       dead_without_item(e, dead_cause::unreadable_row, "unreadable outbox row: " + *error);
@@ -517,6 +520,8 @@ class lane : public std::enable_shared_from_this<lane> {
   bool flush_armed_ = false;
   std::uint64_t abandoned_ = 0;
   std::int64_t read_top_ = -1;
+  std::uint64_t acked_read_ =
+      0;  // the last read whose events are all in order_ or done (watermark::acked_read)
   bool active_ = false;
   bool fetching_ = false;
   bool wake_pending_ = false;

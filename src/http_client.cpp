@@ -27,7 +27,6 @@ template <class T>
 using task = net::awaitable<T, io_executor>;
 constexpr net::use_awaitable_t<io_executor> use_task;
 
-
 // Resolved addresses are kept this long: no resolver round trip per connection.
 constexpr auto resolve_cache_ttl = std::chrono::seconds(60);
 // A graceful TLS close_notify exchange on close() may take at most this long.

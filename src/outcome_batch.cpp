@@ -9,6 +9,7 @@ outcome_batch::taken outcome_batch::take() {
   // late-committed row that these outcomes settle (its floor), and writes it once it may.
   if (done_ > reported_ || (!t.updates.empty() && done_ >= 0)) {
     t.done_through = done_;
+    t.acked_read = acked_read_;
     reported_ = done_;
   }
   return t;

@@ -30,7 +30,8 @@ void read_position::fill(std::int64_t id) {
   if (id < h.last) holes_.emplace(id + 1, hole{h.last, h.next_xid});
 }
 
-void read_position::apply(const read_observation& read) {
+std::uint64_t read_position::apply(const read_observation& read) {
+  const auto number = ++reads_;
   for (auto id : read.found_ids) fill(id);
   for (auto id : read.page_ids) {
     if (id <= top_) continue;  // not a page id: nothing to learn
@@ -44,9 +45,14 @@ void read_position::apply(const read_observation& read) {
   }
   for (auto id : read.found_pending_ids)
     if (id <= wanted_) wanted_ = std::max(written_, id - 1);
+  if (!read.found_pending_ids.empty())
+    late_[number] = *std::min_element(read.found_pending_ids.begin(), read.found_pending_ids.end());
+  return number;
 }
 
-void read_position::want(std::int64_t done_through) {
+void read_position::want(std::int64_t done_through, std::uint64_t acked_read) {
+  late_.erase(late_.begin(), late_.upper_bound(acked_read));
+  for (const auto& [read, lowest] : late_) done_through = std::min(done_through, lowest - 1);
   wanted_ = std::max(wanted_, done_through);
 }
 

@@ -551,6 +551,7 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
     seen.xmin = r[0][r.column_number("snapshot_xmin")].as<std::int64_t>();
     seen.next_xid = r[0][r.column_number("next_xid")].as<std::int64_t>();
     std::int64_t late_rows = 0, late_pending = 0, page_rows = 0;
+    const auto handed_before = out.size();
     for (const auto& row : r) {
       if (row[f.id].is_null()) break;  // no rows: the one line carries only the snapshot
       ++stats.rows;
@@ -569,7 +570,9 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
       if (pending) out.push_back(to_event(row, f, false));
     }
     seen.holes_probed = late_rows < remaining;
-    pos.apply(seen);
+    const auto read_number = pos.apply(seen);
+    for (auto e = out.begin() + static_cast<std::ptrdiff_t>(handed_before); e != out.end(); ++e)
+      e->read = read_number;
     if (watermark && r[0][r.column_number("watermarks_written")].as<std::int64_t>() > 0)
       pos.written(*watermark);
     const auto page_limit = std::max<std::int64_t>(0, remaining - late_pending);
@@ -584,7 +587,7 @@ read_stats store::last_read_stats() const {
 }
 
 void store::record(const std::vector<delivery_update>& updates,
-                   const std::map<std::string, std::int64_t>& done_through) {
+                   const std::map<std::string, watermark>& done_through) {
   // One row per (event, endpoint), the last outcome wins: ON CONFLICT cannot touch a row twice.
   std::map<std::pair<std::int64_t, std::string_view>, const delivery_update*> last;
   for (const auto& u : updates) last[{u.event_id, u.endpoint}] = &u;
@@ -602,9 +605,9 @@ void store::record(const std::vector<delivery_update>& updates,
   }
   // A watermark never passes this session's floor: below it no late-committed row can still appear. What is
   // wanted beyond it is kept (read_position::want) and written once the floor allows, here or at a read.
-  for (const auto& [name, id] : done_through) {
+  for (const auto& [name, w] : done_through) {
     auto pos = impl_->positions.find(name);
-    if (pos != impl_->positions.end()) pos->second.position.want(id);
+    if (pos != impl_->positions.end()) pos->second.position.want(w.done_through, w.acked_read);
     // else: read positions were reset, the caller's view is stale
   }
   array_literal names, values;

@@ -334,7 +334,7 @@ class fake_source final : public event_source {
     net::post(io_, [done = std::move(done), out = std::move(out)]() mutable { done(std::move(out)); });
   }
 
-  void record(std::vector<delivery_update> updates, std::map<std::string, std::int64_t>) override {
+  void record(std::vector<delivery_update> updates, std::map<std::string, watermark>) override {
     for (const auto& u : updates) {
       if (u.state == delivery_state::delivered) ++delivered_[u.endpoint];
       recorded_.push_back(u);

@@ -130,6 +130,22 @@ TEST(read_position, should_not_let_a_late_row_handed_out_fall_under_an_earlier_r
   EXPECT_EQ(p.watermark_to_write(), 5);
 }
 
+// The race of a report made before a late row reached the caller and written after the store handed it
+// out: the report names the last read it took into account, and does not cover what a later read handed out.
+TEST(read_position, should_keep_a_report_made_before_a_late_row_arrived_below_that_row) {
+  read_position p(0);
+  const auto first = p.apply(page({1, 2, 4, 5}, 40, 45));  // 3 missing
+  read_observation r = page({}, 45, 46);
+  r.found_ids = {3};
+  r.found_pending_ids = {3};  // 3 committed late: handed out by the second read
+  const auto second = p.apply(r);
+  EXPECT_GT(second, first);
+  p.want(5, first);  // made before the second read's rows arrived: all of 1, 2, 4, 5 done, 3 unknown to it
+  EXPECT_EQ(p.watermark_to_write(), 2) << "never past the row still in flight";
+  p.want(5, second);  // 3 done too
+  EXPECT_EQ(p.watermark_to_write(), 5);
+}
+
 TEST(read_position, should_not_lower_wanted_for_a_late_row_done_already) {
   read_position p(0);
   p.apply(page({1, 3}, 40, 45));

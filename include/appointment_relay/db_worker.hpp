@@ -58,7 +58,7 @@ class db_worker : public event_source {
              std::function<void(std::vector<pending_event>)> done, bool wait) override = 0;
   // Queues outcomes to write (batched with others); kept across reconnects until written.
   void record(std::vector<delivery_update> updates,
-              std::map<std::string, std::int64_t> done_through) override = 0;
+              std::map<std::string, watermark> done_through) override = 0;
   // The configured endpoints changed (SIGHUP): retention and the backlog figures follow them.
   virtual void set_endpoints(std::vector<std::string> names) = 0;
   // Writes what is queued, then ends the thread. Idempotent; blocks for at most the given time.

@@ -26,9 +26,10 @@ class event_source {
   virtual void fetch(std::string endpoint, std::uint64_t session, std::size_t limit,
                      std::function<void(std::vector<pending_event>)> done, bool wait) = 0;
   // Outcomes to write, batched with others, kept across reconnects until written; done_through: endpoint ->
-  // every event up to that id is done there.
+  // every event up to that id that it was handed (in the reads up to acked_read, in that session) is done
+  // there. A watermark of an earlier session is not written (the outcomes are: they are certain).
   virtual void record(std::vector<delivery_update> updates,
-                      std::map<std::string, std::int64_t> done_through) = 0;
+                      std::map<std::string, watermark> done_through) = 0;
 };
 
 }  // namespace appointment_relay

@@ -19,9 +19,11 @@ class outcome_batch {
   static constexpr std::size_t full_size = 512;
 
   void add(delivery_update u) { updates_.push_back(std::move(u)); }
-  // Every event up to through is done (delivered, dead, or not for this endpoint).
-  void done_through(std::int64_t through) {
+  // Every event up to through is done (delivered, dead, or not for this endpoint), of those handed out by
+  // the reads up to acked_read (pending_event::read).
+  void done_through(std::int64_t through, std::uint64_t acked_read = watermark::every_read) {
     if (through > done_) done_ = through;
+    acked_read_ = acked_read;
   }
   bool full() const { return updates_.size() >= full_size; }
   // Nothing to hand over: no update, and the watermark has not grown since the last take().
@@ -30,6 +32,7 @@ class outcome_batch {
   struct taken {
     std::vector<delivery_update> updates;
     std::optional<std::int64_t> done_through;  // set when it grew since the last take(), or with updates
+    std::uint64_t acked_read = watermark::every_read;
   };
   taken take();
 
@@ -40,6 +43,7 @@ class outcome_batch {
   std::vector<delivery_update> updates_;
   std::int64_t done_ = -1;
   std::int64_t reported_ = -1;
+  std::uint64_t acked_read_ = watermark::every_read;
 };
 
 }  // namespace appointment_relay

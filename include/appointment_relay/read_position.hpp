@@ -66,12 +66,15 @@ class read_position {
   std::vector<hole_range> holes() const;  // ascending
   std::size_t hole_count() const { return holes_.size(); }
 
-  void apply(const read_observation& read);
+  // Returns the read's number (1, 2, ...: pending_event::read of what it handed out).
+  std::uint64_t apply(const read_observation& read);
 
-  // The watermark. want(): the caller reports every event up to id done (of those it was handed). The
-  // watermark written is min(wanted, floor): never past a hole. A late row (found in a hole) handed out
-  // below what was wanted lowers wanted below it: the report that covered it was made without it.
-  void want(std::int64_t done_through);
+  // The watermark. want(): the caller reports every event up to id done (of those it was handed, in the reads
+  // up to acked_read). The watermark written is min(wanted, floor): never past a hole. A late row (found in
+  // a hole) handed out below what was wanted lowers wanted below it: the report that covered it was made
+  // without it; and a report that has not taken the read of such a row into account (acked_read below it:
+  // the report was made before the row reached the caller) stays below that row.
+  void want(std::int64_t done_through, std::uint64_t acked_read = ~std::uint64_t{0});
   std::int64_t wanted() const { return wanted_; }
   // The value to write now: min(wanted, floor) when it passes what was written, else nothing.
   std::optional<std::int64_t> watermark_to_write() const;
@@ -87,6 +90,9 @@ class read_position {
   std::map<std::int64_t, hole> holes_;  // first -> (last, bound); disjoint, inside (start, top]
   std::int64_t wanted_;
   std::int64_t written_;
+  std::uint64_t reads_ = 0;
+  std::map<std::uint64_t, std::int64_t>
+      late_;  // read number -> lowest late row it handed out, unacknowledged
 
   void fill(std::int64_t id);
 };

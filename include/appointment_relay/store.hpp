@@ -24,6 +24,23 @@ struct pending_event {
   std::optional<std::int64_t> first_attempt_ms;  // unix milliseconds
   std::optional<std::int64_t> next_attempt_ms;   // unix milliseconds: not before
   bool replayed = false;                         // came back from the dead letters by `replay`
+  std::uint64_t read = 0;  // which read of its endpoint handed it out (see watermark::acked_read)
+};
+
+// How far one endpoint's events are done, as reported by the one who was handed them.
+struct watermark {
+  static constexpr std::uint64_t every_read = ~std::uint64_t{0};
+  watermark() = default;
+  // A bare id: every read so far taken into account (tests, one-shot tools).
+  watermark(std::int64_t through) : done_through(through) {}  // NOLINT(google-explicit-constructor)
+  watermark(std::int64_t through, std::uint64_t acked, std::uint64_t in_session)
+      : done_through(through), acked_read(acked), session(in_session) {}
+
+  std::int64_t done_through = 0;  // every event up to it is done
+  // The last read (pending_event::read) whose events the report took into account. A late-committed row
+  // that a later read handed out, below done_through, is not covered: the store keeps the watermark below it.
+  std::uint64_t acked_read = every_read;
+  std::uint64_t session = 0;  // the session it was made in (db_worker drops those of an earlier one); 0: any
 };
 
 enum class delivery_state { retrying, delivered, dead };
@@ -147,7 +164,7 @@ class store {
   // appear; the store remembers the part above the floor and writes it later (at a read, or the next
   // record) once the floor has passed it, so a quiet endpoint's watermark still reaches its last row.
   void record(const std::vector<delivery_update>& updates,
-              const std::map<std::string, std::int64_t>& done_through);
+              const std::map<std::string, watermark>& done_through);
 
   std::vector<endpoint_status> status(const std::vector<std::string>& endpoints);
   std::int64_t replay(const replay_filter& filter);  // dead letters back to pending; returns how many
