@@ -294,7 +294,10 @@ void active_loop(state& s, store& db) {
     // Reads first: they are on the latency path, outcome writes are not.
     if (!s.is_stopping()) run_fetches(s, db);
     write_records(s, db);
-    if (s.is_stopping()) return;
+    if (s.is_stopping()) {
+      write_records(s, db);  // what was recorded while the last write ran: stop() comes after it
+      return;
+    }
     auto now = steady::now();
     if (now >= next_heartbeat) {
       db.heartbeat();
