@@ -36,7 +36,7 @@ const char* const usage = R"(bench_producer: load generator and measurer of scri
   bench_producer flood   --db URL --connections N --seconds S --out FILE
                                                                   as fast as possible on N connections
   bench_producer backlog --db URL --events N                        N notifiable events in big transactions
-  bench_producer latency    --commits FILE --received FILE [--captured FILE]
+  bench_producer latency    --commits FILE --received FILE [--captured FILE] [--window SECONDS]
   bench_producer throughput --commits FILE --received FILE [--warmup-seconds W]
   bench_producer drain      --received FILE --since NS --expect N
   bench_producer jitter     --seconds S                     how late a 1 ms sleep wakes up (scheduling delay)
@@ -53,6 +53,7 @@ std::int64_t unix_ns_now() {
 struct options {
   std::string mode, db, out, commits, received, captured;
   double rate = 300, seconds = 5, warmup_seconds = 1;
+  double window_seconds = 0;  // latency: also per window of this many seconds of commit time
   int connections = 2;
   long events = 0, expect = 0;
   std::int64_t since = 0;
@@ -333,6 +334,7 @@ std::vector<commit_record> read_commits(const std::string& path, std::vector<std
 // Matches commits to first receipts; returns latencies in microseconds, counts the unmatched.
 struct match_result {
   std::vector<double> latencies_us;
+  std::vector<std::pair<std::int64_t, double>> by_commit;  // commit time (unix ns), latency (us)
   long missing = 0, duplicates = 0, unknown = 0;
 };
 
@@ -351,6 +353,7 @@ match_result match(const std::vector<commit_record>& commits, const std::vector<
       continue;
     }
     m.latencies_us.push_back(static_cast<double>(it->second - c.unix_ns) / 1000.0);
+    m.by_commit.emplace_back(c.unix_ns, m.latencies_us.back());
   }
   for (const auto& [key, t] : first)
     if (!committed.count(key)) ++m.unknown;
@@ -378,6 +381,30 @@ int run_latency(const options& o) {
               m.latencies_us.empty() ? NAN : m.latencies_us.back(),
               m.latencies_us.empty() ? NAN : m.latencies_us.front(),
               m.latencies_us.empty() ? NAN : sum / static_cast<double>(m.latencies_us.size()));
+  if (o.window_seconds > 0 && !m.by_commit.empty()) {
+    // Per window of commit time: does latency stay flat (e.g. while a transaction is held open)?
+    std::sort(m.by_commit.begin(), m.by_commit.end());
+    const auto start = m.by_commit.front().first;
+    const auto width = static_cast<std::int64_t>(o.window_seconds * 1e9);
+    std::vector<double> in_window;
+    std::int64_t window = 0;
+    auto report = [&] {
+      std::sort(in_window.begin(), in_window.end());
+      std::printf("window_%ld=from_s:%.0f n:%zu p50_us:%.1f p99_us:%.1f\n", static_cast<long>(window),
+                  static_cast<double>(window) * o.window_seconds, in_window.size(), percentile(in_window, 50),
+                  percentile(in_window, 99));
+    };
+    for (const auto& [t, l] : m.by_commit) {
+      const auto w = (t - start) / width;
+      if (w != window && !in_window.empty()) {
+        report();
+        in_window.clear();
+      }
+      window = w;
+      in_window.push_back(l);
+    }
+    report();
+  }
   if (!o.captured.empty()) {
     // From the capturing trigger's clock_timestamp() (before COMMIT) to receipt: an upper bound that does not
     // depend on when the producer got the CPU back after its COMMIT.
@@ -478,6 +505,8 @@ options parse(int argc, char** argv) {
       o.received = v;
     else if (a == "--captured")
       o.captured = v;
+    else if (a == "--window")
+      o.window_seconds = std::stod(v);
     else if (a == "--rate")
       o.rate = std::stod(v);
     else if (a == "--seconds")

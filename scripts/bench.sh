@@ -27,6 +27,7 @@ if [ $quick -eq 1 ]; then
   build_type=RelWithDebInfo
   capture_seconds=1; capture_rounds=1
   latency_rate=300; latency_seconds=2
+  held_seconds=3; held_window=1
   flood_seconds=2; flood_warmup=0.5
   drain_small=500; drain_events=2000
   bench_min_time=0.01
@@ -36,6 +37,7 @@ else
   build_type=Release
   capture_seconds=8; capture_rounds=5
   latency_rate=300; latency_seconds=30
+  held_seconds=120; held_window=20
   flood_seconds=15; flood_warmup=2
   drain_small=20000; drain_events=100000
   bench_min_time=0.5
@@ -217,33 +219,60 @@ log "   without triggers ${plain_tps[*]} tps, with ${relay_tps[*]} tps: overhead
 
 # ---------------------------------------------------------------------------------------------------------
 # 3. Latency (and the CPU per event under a steady stream): 300 changes/s on one connection.
-# latency_run DB LEVEL SECONDS: sets stream_cpu_us and lat_hwm; results in $work/DB.result.
+# latency_run DB LEVEL SECONDS [HOLD]: sets stream_cpu_us, stream_pg_us and lat_hwm; results in $work/DB.result.
+# HOLD=hold: one Canvas write (an outbox id and a transaction id) stays open for the whole stream, committed
+# after it (issue 16: reads must not grow with the age of the oldest open transaction).
 latency_run() {
-  local d=$1 cpu0 cpu1 n
+  local d=$1 cpu0 cpu1 pg0 pg1 n held_pid="" expect_extra=1
   new_db "$d" migrate
   start_receiver "$work/$d.received"
   start_relay "$d" "$work/relay-$d.log" "$2"
   warm_up "$d"
+  if [ "${4:-}" = hold ]; then
+    psql -qtA -v ON_ERROR_STOP=1 "$base/$d" >/dev/null 2>"$work/$d.held.err" <<SQL &
+BEGIN;
+SELECT canvas_test.book_appointment(canvas_test.create_patient(), '2021-12-24 21:30+00', 30);
+SELECT pg_sleep($3 + 3);
+COMMIT;
+SQL
+    held_pid=$!
+    pids+=("$held_pid")
+    sleep 1
+  fi
   cpu0=$(cpu_ticks "$relay_pid")
+  pg0=$(pg_ticks)
   "$producer" stream --db "$base/$d" --rate $latency_rate --seconds "$3" --out "$work/$d.commits" \
     >"$work/$d.produced" || fail "producer (stream)"
   n=$(kv "$work/$d.produced" notifiable)
   wait_delivered "$d" $((n + 1)) 0.05
   cpu1=$(cpu_ticks "$relay_pid")
+  pg1=$(pg_ticks)
   lat_hwm=$(hwm_kb "$relay_pid")
+  if [ -n "$held_pid" ]; then
+    wait "$held_pid" || { cat "$work/$d.held.err" >&2; fail "the held transaction failed"; }
+    wait_delivered "$d" $((n + 2)) 0.05  # the held event too, once committed
+  fi
   stop_relay "$work/relay-$d.log"
   stop_receiver
   psql -qtA -F $'\t' "$base/$d" -c "SELECT id, (extract(epoch FROM captured_at) * 1e6)::bigint FROM appointment_relay.outbox" \
     >"$work/$d.captured"
   "$producer" latency --commits "$work/$d.commits" --received "$work/$d.received" --captured "$work/$d.captured" \
-    >"$work/$d.result" \
+    ${5:+--window "$5"} >"$work/$d.result" \
     || { cat "$work/$d.result" >&2; fail "latency: events missing"; }
   stream_cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v n="$n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  stream_pg_us=$(awk -v t=$((pg1 - pg0)) -v n="$n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
   log "   $(tr '\n' ' ' <"$work/$d.result") cpu/event ${stream_cpu_us}us"
 }
 log "3. latency: $latency_rate changes/s for ${latency_seconds}s"
 latency_run lat warn $latency_seconds
 lat_n=$(kv "$work/lat.produced" notifiable)
+lat_pg_us=$stream_pg_us
+saved_cpu=$stream_cpu_us; saved_hwm=$lat_hwm
+log "3c. the same for ${held_seconds}s with one Canvas transaction held open throughout"
+latency_run held warn "$held_seconds" hold "$held_window"
+held_pg_us=$stream_pg_us; held_hwm=$lat_hwm; held_cpu_us=$stream_cpu_us
+held_windows=$(grep '^window_' "$work/held.result" | sed 's/^window_[0-9]*=//' | tr '\n' ';' | sed 's/;$//; s/;/; /g')
+stream_cpu_us=$saved_cpu; lat_hwm=$saved_hwm
 info_note=""
 if [ $quick -eq 0 ]; then
   info_seconds=10
@@ -386,6 +415,9 @@ report=$work/report.md
   echo "| 3 | latency p99 | $(ms "$lat_p99") | at most 2 ms | $(verdict "$lat_p99" "<=" 2000) | 3.4-4.5 ms |"
   echo "| 3 | latency max | $(ms "$lat_max") | | | |"
   echo "| 3 | the same from the trigger's clock (before COMMIT), p50 / p99 / max | $(ms "$(kv "$work/lat.result" capture_p50_us)") / $(ms "$(kv "$work/lat.result" capture_p99_us)") / $(ms "$(kv "$work/lat.result" capture_max_us)") | | | |"
+  echo "| 3c | latency with one Canvas transaction held open for ${held_seconds}s, per ${held_window}s window of commit time | $held_windows | flat | | p50 1.5 ms, p99 5 ms |"
+  echo "| 3c | PostgreSQL CPU per event: plain stream vs with the held transaction | $lat_pg_us µs vs $held_pg_us µs | no growth | | |"
+  echo "| 3c | relay CPU per event and VmHWM with the held transaction | $held_cpu_us µs, $(mb "$held_hwm") | flat | | |"
   echo "| 4 | backlog drain, $drain_events events, from relay start | $big_rate events/s | at least 30,000/s | $(verdict "$big_rate" ">=" 30000) | 10,000-14,000/s |"
   echo "| 5 | relay CPU per event while draining | $big_cpu_us µs | at most 15 µs | $(verdict "$big_cpu_us" "<=" 15) | 50-85 µs |"
   echo "| 5 | relay CPU per event, steady stream ($latency_rate/s) | $stream_cpu_us µs | below 270 µs | $(verdict "$stream_cpu_us" "<=" 270) | 270-300 µs |"
