@@ -97,10 +97,11 @@ struct state {
   std::uint64_t sessions_made = 0;  // the worker thread's count, for the next session number
   std::string installation;         // the worker thread's copy, for a resumed session
 
-  // Fencing (db_worker_settings::lease): written by the worker thread, read by the io thread's lease timer.
+  // Fencing (db_worker_settings::lease): written by the worker thread, read by the lease watcher's thread.
   std::atomic<std::int64_t> confirmed_ns{0};      // steady clock: the last successful round trip
   std::atomic<std::uint64_t> leading_session{0};  // the session the io side was told about (0: none)
   std::atomic<std::uint64_t> lapsed_session{0};   // a session the io side stopped for want of confirmation
+  std::mutex lease_mutex;  // orders confirm()'s on_active after check_lease()'s on_inactive
 
   void signal() const {
     std::uint64_t one = 1;
@@ -148,8 +149,10 @@ struct state {
   }
   // Worker thread, after a successful round trip: the leadership is confirmed. When the io side had stopped
   // for want of confirmation (a slow, not a dead, connection: the lock is still ours), it resumes in a new
-  // session (read positions reset).
+  // session (read positions reset). Under lease_mutex, so that its on_active cannot overtake the lease
+  // watcher's on_inactive.
   void confirm(store& db) {
+    std::lock_guard lease_lock(lease_mutex);
     confirmed_ns = steady::now().time_since_epoch().count();
     const auto lapsed = lapsed_session.load();
     if (lapsed == 0 || lapsed != leading_session.load()) return;
@@ -162,6 +165,25 @@ struct state {
     }
     m.set_database_up(true);
     begin_session(id);
+  }
+
+  // The lease watcher's thread: an active session whose leadership was not confirmed within the lease stops
+  // sending now. Its own thread, so that a database thread blocked in libpq cannot hold it up.
+  void check_lease() {
+    std::lock_guard lease_lock(lease_mutex);
+    const auto session = leading_session.load();
+    const auto age = steady::now().time_since_epoch() - steady::duration(confirmed_ns.load());
+    if (session == 0 || lapsed_session.load() == session || age <= settings.lease) return;
+    lapsed_session = session;
+    spdlog::warn(
+        "database: leadership not confirmed for {} ms (lease {} ms): sending nothing until it is; requests "
+        "in "
+        "flight are cancelled",
+        std::chrono::duration_cast<milliseconds>(age).count(), settings.lease.count());
+    m.set_database_up(false);
+    post([cb = callbacks.on_inactive] {
+      if (cb) cb();
+    });
   }
 
   void answer(fetch_command& f, std::vector<pending_event> rows) {
@@ -425,14 +447,9 @@ class worker final : public db_worker {
  public:
   worker(executor io, db_worker_settings settings, db_worker_callbacks callbacks, metrics& m)
       : state_(std::make_shared<state>(io, std::move(settings), std::move(callbacks), m)),
-        lease_timer_(io),
-        thread_(run, state_) {
-    watch_lease();
-  }
-  ~worker() override {
-    stop(std::chrono::seconds(5));
-    lease_timer_.cancel();
-  }
+        thread_(run, state_),
+        lease_thread_([this] { watch_lease(); }) {}
+  ~worker() override { stop(std::chrono::seconds(5)); }
 
   void fetch(std::string endpoint, std::uint64_t session, std::size_t limit,
              std::function<void(std::vector<pending_event>)> done, bool wait) override {
@@ -471,7 +488,12 @@ class worker final : public db_worker {
   }
 
   void stop(std::chrono::milliseconds flush_deadline) override {
-    lease_timer_.cancel();
+    {
+      std::lock_guard lock(lease_wait_mutex_);
+      lease_stop_ = true;
+    }
+    lease_wake_.notify_all();
+    if (lease_thread_.joinable()) lease_thread_.join();
     if (!thread_.joinable()) return;
     std::unique_lock lock(state_->mutex);
     state_->stopping = true;
@@ -489,32 +511,18 @@ class worker final : public db_worker {
   }
 
  private:
-  // On the io thread, so that a database thread blocked in libpq cannot hold it up: an active session whose
-  // leadership was not confirmed within the lease stops sending now.
   void watch_lease() {
     const auto period = std::max<milliseconds>(milliseconds(20), state_->settings.lease / 5);
-    lease_timer_.expires_after(period);
-    lease_timer_.async_wait([this](error_code ec) {
-      if (ec) return;
-      state& s = *state_;
-      const auto session = s.leading_session.load();
-      const auto age = steady::now().time_since_epoch() - steady::duration(s.confirmed_ns.load());
-      if (session != 0 && s.lapsed_session.load() != session && age > s.settings.lease) {
-        s.lapsed_session = session;
-        spdlog::warn(
-            "database: leadership not confirmed for {} ms (lease {} ms): sending nothing until it is; "
-            "requests in flight are cancelled",
-            std::chrono::duration_cast<milliseconds>(age).count(), s.settings.lease.count());
-        s.m.set_database_up(false);
-        if (s.callbacks.on_inactive) s.callbacks.on_inactive();
-      }
-      watch_lease();
-    });
+    std::unique_lock lock(lease_wait_mutex_);
+    while (!lease_wake_.wait_for(lock, period, [&] { return lease_stop_; })) state_->check_lease();
   }
 
   std::shared_ptr<state> state_;
-  steady_timer lease_timer_;
   std::thread thread_;
+  std::mutex lease_wait_mutex_;
+  std::condition_variable lease_wake_;
+  bool lease_stop_ = false;
+  std::thread lease_thread_;  // last: started once everything it uses exists
 };
 
 }  // namespace

@@ -27,11 +27,11 @@ struct db_worker_settings {
   std::chrono::milliseconds reconnect_max{10000};
   std::chrono::milliseconds standby_retry{1000};  // how often a standby tries the leadership lock
   // Fencing. The leader confirms its leadership with every round trip (at least one per heartbeat); when
-  // none has succeeded for a lease, it stops sending (on_inactive, from a timer on the io thread, so even a
-  // database thread blocked in a frozen connection cannot delay it) until one succeeds again. A new leader
-  // waits a lease after taking the lock, so an instance that lost its lock without knowing it has stopped
-  // before anyone else sends. The server-side session timeouts (store::use_daemon_session) must be longer
-  // than the lease: a frozen instance's lock is released only after it has stopped.
+  // none has succeeded for a lease, it stops sending (on_inactive, decided on a watcher thread of its own,
+  // so even a database thread blocked in a frozen connection cannot delay it) until one succeeds again. A new
+  // leader waits a lease after taking the lock, so an instance that lost its lock without knowing it has
+  // stopped before anyone else sends. The server-side session timeouts (store::use_daemon_session) must be
+  // longer than the lease: a frozen instance's lock is released only after it has stopped.
   std::chrono::milliseconds lease{5000};
   std::chrono::milliseconds heartbeat{1000};
 };
