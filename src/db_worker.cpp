@@ -376,7 +376,7 @@ void run(std::shared_ptr<state> sp) {
       store db(s.settings.database_url);
       db.use_asynchronous_commit();
       // Server-side keepalives, tcp_user_timeout, statement and idle-session timeouts: a dead or frozen
-      // instance's session, and the leadership lock with it, ends on the server within ~20 s (longer than
+      // instance's session, and the leadership lock with it, ends on the server within ~15 s (longer than
       // any lease the configuration allows, so that instance has stopped sending by then).
       db.use_daemon_session();
       if (connected_before) s.m.database_reconnect();

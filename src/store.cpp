@@ -187,12 +187,12 @@ std::string with_connection_options(const std::string& url) {
   // tcp_user_timeout (libpq 12+; an older libpq refuses an option it does not know; PQlibVersion would
   // need a direct link to libpq, the headers' version is the one we run with in practice): a query sent on a
   // connection whose peer vanished (a blackholed route: no RST, keepalives are not sent while data is
-  // unacknowledged) fails after 20 s instead of the kernel's ~15 minutes of retransmissions.
+  // unacknowledged) fails after 15 s instead of the kernel's ~15 minutes of retransmissions.
   constexpr bool has_user_timeout = PG_VERSION_NUM >= 120000;
   static const std::pair<const char*, const char*> options[] = {
       {"keepalives", "1"},           {"keepalives_idle", "10"}, {"keepalives_interval", "5"},
       {"keepalives_count", "3"},     {"connect_timeout", "10"}, {"application_name", "appointment-relay"},
-      {"tcp_user_timeout", "20000"},
+      {"tcp_user_timeout", "15000"},
   };
   std::string out = url;
   bool uri = is_uri(url);

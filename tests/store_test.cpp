@@ -576,14 +576,14 @@ TEST(store, should_connect_with_its_application_name_and_keepalives) {
 
 TEST(store, should_add_tcp_user_timeout_unless_the_url_sets_it) {
   EXPECT_NE(with_connection_options("postgresql://u@h/db").find("?keepalives=1&"), std::string::npos);
-  EXPECT_NE(with_connection_options("postgresql://u@h/db").find("&tcp_user_timeout=20000"),
+  EXPECT_NE(with_connection_options("postgresql://u@h/db").find("&tcp_user_timeout=15000"),
             std::string::npos);
-  EXPECT_NE(with_connection_options("host=h dbname=db").find(" tcp_user_timeout=20000"), std::string::npos);
+  EXPECT_NE(with_connection_options("host=h dbname=db").find(" tcp_user_timeout=15000"), std::string::npos);
   auto kept = with_connection_options("postgresql://u@h/db?tcp_user_timeout=5000&keepalives_idle=30");
   EXPECT_NE(kept.find("tcp_user_timeout=5000"), std::string::npos);
-  EXPECT_EQ(kept.find("tcp_user_timeout=20000"), std::string::npos);
+  EXPECT_EQ(kept.find("tcp_user_timeout=15000"), std::string::npos);
   EXPECT_EQ(kept.find("keepalives_idle=10"), std::string::npos);
-  EXPECT_EQ(with_connection_options("host=h tcp_user_timeout=1").find("tcp_user_timeout=20000"),
+  EXPECT_EQ(with_connection_options("host=h tcp_user_timeout=1").find("tcp_user_timeout=15000"),
             std::string::npos);
 }
 
@@ -595,11 +595,11 @@ TEST(store, should_set_the_daemons_session_settings) {
   s.use_daemon_session();
   // Over TCP (the test server is on 127.0.0.1): the server's keepalives apply to this socket.
   EXPECT_EQ(s.session_setting("tcp_keepalives_idle"), "5");
-  EXPECT_EQ(s.session_setting("tcp_keepalives_interval"), "5");
+  EXPECT_EQ(s.session_setting("tcp_keepalives_interval"), "3");
   EXPECT_EQ(s.session_setting("tcp_keepalives_count"), "3");
-  EXPECT_EQ(s.session_setting("tcp_user_timeout"), "20000");  // its SHOW prints milliseconds bare
+  EXPECT_EQ(s.session_setting("tcp_user_timeout"), "15000");  // its SHOW prints milliseconds bare
   EXPECT_EQ(s.session_setting("statement_timeout"), "1min");
-  EXPECT_EQ(s.session_setting("idle_session_timeout"), "20s");
+  EXPECT_EQ(s.session_setting("idle_session_timeout"), "15s");
   EXPECT_NE(statement_timeout, "1min");
   session_settings custom;
   custom.statement_timeout = std::chrono::milliseconds(1500);

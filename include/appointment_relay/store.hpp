@@ -75,19 +75,21 @@ struct read_stats {
 };
 
 // The daemon's session settings (store::use_daemon_session). With the defaults a dead or frozen peer's
-// session, and the leadership lock it holds, ends within about 20 s: TCP keepalives probe after 5 s idle,
-// every 5 s, 3 times; unacknowledged data fails the connection after 20 s (tcp_user_timeout); a session
-// idle for 20 s outside a transaction is closed (the worker runs a heartbeat every second, so only a frozen
+// session, and the leadership lock it holds, ends within about 15 s: TCP keepalives probe after 5 s idle,
+// every 3 s, 3 times; unacknowledged data fails the connection after 15 s (tcp_user_timeout); a session
+// idle for 15 s outside a transaction is closed (the worker runs a heartbeat every second, so only a frozen
 // peer's session is that idle, e.g. when a proxy keeps its TCP connection open). A zero disables one.
 struct session_settings {
   std::chrono::seconds keepalives_idle{5};
-  std::chrono::seconds keepalives_interval{5};
+  std::chrono::seconds keepalives_interval{3};
   int keepalives_count = 3;
-  std::chrono::milliseconds tcp_user_timeout{20000};
+  std::chrono::milliseconds tcp_user_timeout{15000};
   // Long enough for the slowest legitimate statement (status's count over a backlog of millions), short
   // enough that a stuck one (a lock wait) fails and the worker reconnects instead of hanging.
   std::chrono::milliseconds statement_timeout{60000};
-  std::chrono::milliseconds idle_session_timeout{20000};
+  // Longer than the longest database.leader_lease (10 s): a frozen instance has stopped sending before its
+  // session, and the lock, end; a standby then takes over within this + a lease (~20 s by default).
+  std::chrono::milliseconds idle_session_timeout{15000};
 };
 
 // The caller's connection string plus client-side TCP keepalives, tcp_user_timeout (when libpq has it,
