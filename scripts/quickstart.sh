@@ -54,8 +54,9 @@ APPOINTMENT_RELAY_SIGNING_SECRET="$secret" \
 APPOINTMENT_RELAY_ADMIN_LISTEN="127.0.0.1:0" \
   "$bin/appointment-relay" run >"$work/relay.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 200); do grep -q 'active' "$work/relay.log" 2>/dev/null && break; sleep 0.05; done
-sed 's/^/  relay | /' "$work/relay.log" | head -n 5
+# Active after database.leader_lease (5 s): a new leader waits that long before it sends (fencing).
+for _ in $(seq 1 600); do grep -q 'this instance is active' "$work/relay.log" 2>/dev/null && break; sleep 0.05; done
+sed 's/^/  relay | /' "$work/relay.log" | head -n 6
 
 sql() { psql -qtA -v ON_ERROR_STOP=1 "$db" -c "$1"; }
 say "Playing one patient's appointment life in the Canvas tables"
