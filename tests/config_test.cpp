@@ -644,7 +644,8 @@ TEST(config, should_document_every_key_with_its_default_in_the_sample_config) {
   std::size_t documented = 0;
   for (const auto& k : config_keys()) {
     ASSERT_EQ(sample.count(sample_name(k)), 1u) << sample_name(k);
-    if (!k.default_value || k.secret) continue;  // required, or a secret: the sample shows a placeholder
+    if (!k.default_value || k.secret)
+      continue;  // no default to show: a required key or a secret (the sample gives an example value instead)
     EXPECT_NE(sample[sample_name(k)].find(k.name + " = " + *k.default_value), std::string::npos)
         << sample_name(k) << " = " << *k.default_value << ":\n"
         << sample[sample_name(k)];
