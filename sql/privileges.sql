@@ -26,9 +26,10 @@ GRANT SELECT ON public.api_patient, public.api_appointment TO relay_owner;
 -- Created here, owned by relay_owner, so that the daemon's rights below can be granted before migrate.
 CREATE SCHEMA IF NOT EXISTS appointment_relay AUTHORIZATION relay_owner;
 
--- The daemon: the relay's tables only, nothing of Canvas's. It reads the outbox and deletes what it has
--- delivered, and writes its delivery state; it cannot write the outbox (migration 0003 revokes INSERT and
--- UPDATE on it from every role but its owner).
+-- The daemon: the relay's tables only, nothing of Canvas's. It reads the outbox and writes its delivery
+-- state; it cannot write the outbox (migrations 0003 and 0004 revoke INSERT and UPDATE on it from every role
+-- but its owner). Outbox partitions are made and dropped by two functions that run as relay_owner (migration
+-- 0004), granted to the roles that may delete from the outbox: this one.
 CREATE ROLE relay LOGIN;
 GRANT USAGE ON SCHEMA appointment_relay TO relay;
 ALTER DEFAULT PRIVILEGES FOR ROLE relay_owner IN SCHEMA appointment_relay

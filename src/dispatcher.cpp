@@ -52,6 +52,7 @@ struct item {
   std::string webhook_id;
   int attempts = 0;
   std::optional<std::int64_t> first_attempt_ms;
+  bool replayed = false;  // from the dead letters: its delivery row must be updated (store.hpp)
 };
 
 // Everything a lane takes from the configuration, made in full before anything changes: a reload that fails
@@ -311,6 +312,7 @@ class lane : public std::enable_shared_from_this<lane> {
     it.webhook_id = webhook_id(installation_, e.id, cfg_.name);
     it.attempts = e.attempts;
     it.first_attempt_ms = e.first_attempt_ms;
+    it.replayed = e.replayed;
     metrics_.event_captured(cfg_.name, to_string(it.kind));
     order_.add(e.id, it.key, e.next_attempt_ms.value_or(0));
     items_.emplace(e.id, std::move(it));
@@ -437,6 +439,7 @@ class lane : public std::enable_shared_from_this<lane> {
     u.attempts = it.attempts;
     u.first_attempt_ms = it.first_attempt_ms.value_or(now_ms);
     u.last_attempt_ms = now_ms;
+    u.replayed = it.replayed;
     switch (d.what) {
       case verdict::delivered:
         spdlog::info(

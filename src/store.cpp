@@ -282,11 +282,13 @@ class counting_receiver final : public pqxx::notification_receiver {
 };
 
 // Dead letters put back by `replay` (state 'replay'), and, at the first side read of a position, rows left
-// retrying below the watermark. $1 endpoint, $2 first side read, $3 floor, $4 ids handed out already, $5
+// retrying below the watermark. A dead letter's row may have moved to outbox_kept when retention dropped its
+// partition. $1 endpoint, $2 first side read, $3 floor, $4 ids handed out already, $5
 // limit.
 const std::string side_read_sql = std::string("SELECT ") + event_columns +
                                   " FROM appointment_relay.delivery d"
-                                  " JOIN appointment_relay.outbox o ON o.id = d.event_id"
+                                  " JOIN (SELECT * FROM appointment_relay.outbox UNION ALL"
+                                  "  SELECT * FROM appointment_relay.outbox_kept) o ON o.id = d.event_id"
                                   " WHERE d.endpoint = $1 AND (d.state = 'replay' OR ($2 AND d.state = "
                                   "'retrying' AND d.event_id <= $3))"
                                   " AND NOT (d.event_id = ANY ($4::bigint[]))"
@@ -333,8 +335,11 @@ const std::string read_pending_sql =
     "  SELECT true AS in_hole, * FROM late UNION ALL SELECT false AS in_hole, * FROM page) AS rows ON true"
     " ORDER BY rows.id";
 
-// Outcomes and watermarks in one statement: atomic without a transaction block, so one round trip (a
-// BEGIN ... COMMIT would cost three more, each a wake-up of the database thread).
+// Outcomes, watermarks and batch records in one statement: atomic without a transaction block, so one round
+// trip (a BEGIN ... COMMIT would cost three more, each a wake-up of the database thread). Only retried, dead
+// and replayed events get a delivery row; first-attempt successes are ranges of ids in one batch row per
+// endpoint (recorded_in_batch): a few bytes of WAL each instead of a row, its index entry and the lock the
+// old foreign key took on the outbox row.
 constexpr const char* record_sql =
     "WITH outcomes AS ("
     " INSERT INTO appointment_relay.delivery AS d (event_id, endpoint, state, attempts, first_attempt_at,"
@@ -359,8 +364,16 @@ constexpr const char* record_sql =
     "  done_through)"
     " ON CONFLICT (endpoint) DO UPDATE"
     " SET done_through = GREATEST(c.done_through, EXCLUDED.done_through), updated_at = now()"
+    " RETURNING 1),"
+    " batches AS ("
+    " INSERT INTO appointment_relay.delivery_batch (endpoint, first_id, last_id, done_ids, first_at, last_at)"
+    " SELECT b.endpoint, b.first_id, b.last_id, b.done_ids::bigint[], to_timestamp(b.first_ms / 1000.0),"
+    "  to_timestamp(b.last_ms / 1000.0)"
+    " FROM unnest($12::text[], $13::bigint[], $14::bigint[], $15::text[], $16::bigint[], $17::bigint[])"
+    "  AS b(endpoint, first_id, last_id, done_ids, first_ms, last_ms)"
     " RETURNING 1)"
-    " SELECT (SELECT count(*) FROM outcomes), (SELECT count(*) FROM watermarks)";
+    " SELECT (SELECT count(*) FROM outcomes), (SELECT count(*) FROM watermarks), (SELECT count(*) FROM "
+    "batches)";
 
 // Sets the settings that the server has, in one round trip; returns the names it has.
 constexpr const char* set_session_sql =
@@ -372,10 +385,47 @@ constexpr const char* set_session_sql =
 struct endpoint_reader {
   explicit endpoint_reader(std::int64_t start) : position(start) {}
   read_position position;
+  // Events above the persisted watermark that a batch record says are done (delivered by an earlier session
+  // while the watermark lagged): sorted, disjoint, inclusive ranges, loaded when the position is made.
+  std::vector<std::pair<std::int64_t, std::int64_t>> done_in_batches;
+  bool in_batches(std::int64_t id) const {
+    auto it = std::upper_bound(done_in_batches.begin(), done_in_batches.end(), id,
+                               [](std::int64_t v, const auto& r) { return v < r.first; });
+    return it != done_in_batches.begin() && std::prev(it)->second >= id;
+  }
   // Replayed dead letters already handed out, and when to look for new ones.
   std::set<std::int64_t> side_seen;
   bool side_first = true;
   std::chrono::steady_clock::time_point next_side_read{};
+};
+
+// The ranges of an endpoint's batch records above its watermark, merged into sorted disjoint ranges (a
+// redelivery after a restart may record an id twice).
+std::vector<std::pair<std::int64_t, std::int64_t>> done_ranges_above(pqxx::transaction_base& tx,
+                                                                     const std::string& endpoint,
+                                                                     std::int64_t watermark) {
+  std::vector<std::pair<std::int64_t, std::int64_t>> ranges;
+  auto r = tx.exec_params(
+      "SELECT r.lo, r.hi FROM appointment_relay.delivery_batch b,"
+      " LATERAL (SELECT b.done_ids[i] AS lo, b.done_ids[i + 1] AS hi"
+      "  FROM generate_series(1, cardinality(b.done_ids) - 1, 2) AS i) AS r"
+      " WHERE b.endpoint = $1 AND b.last_id > $2 AND r.hi > $2 ORDER BY r.lo",
+      endpoint, watermark);
+  for (const auto& row : r) {
+    const auto lo = row[0].as<std::int64_t>(), hi = row[1].as<std::int64_t>();
+    if (!ranges.empty() && lo <= ranges.back().second + 1)
+      ranges.back().second = std::max(ranges.back().second, hi);
+    else
+      ranges.emplace_back(lo, hi);
+  }
+  return ranges;
+}
+
+// One endpoint's batch record in the making: the ids recorded_in_batch, and when they were delivered.
+struct batch_record {
+  std::vector<std::int64_t> ids;
+  std::int64_t first_ms = 0;
+  std::int64_t last_ms = 0;
 };
 
 }  // namespace
@@ -488,8 +538,9 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
     pqxx::nontransaction tx(conn);
     auto r = tx.exec_params("SELECT done_through FROM appointment_relay.endpoint_cursor WHERE endpoint = $1",
                             endpoint);
-    found =
-        impl_->positions.emplace(endpoint, endpoint_reader(r.empty() ? 0 : r[0][0].as<std::int64_t>())).first;
+    const std::int64_t start = r.empty() ? 0 : r[0][0].as<std::int64_t>();
+    found = impl_->positions.emplace(endpoint, endpoint_reader(start)).first;
+    found->second.done_in_batches = done_ranges_above(tx, endpoint, start);
   }
   auto& reader = found->second;
   auto& pos = reader.position;
@@ -557,7 +608,7 @@ std::vector<pending_event> store::read_pending(const std::string& endpoint, std:
       ++stats.rows;
       const auto id = row[f.id].as<std::int64_t>();
       // A replayed row handed out by the side read may come here too, once its outcome is recorded.
-      const bool pending = !row[f.done].as<bool>() && !reader.side_seen.count(id);
+      const bool pending = !row[f.done].as<bool>() && !reader.side_seen.count(id) && !reader.in_batches(id);
       if (row[in_hole].as<bool>()) {
         ++late_rows;
         if (!row[f.done].as<bool>()) ++late_pending;
@@ -592,7 +643,15 @@ void store::record(const std::vector<delivery_update>& updates,
   std::map<std::pair<std::int64_t, std::string_view>, const delivery_update*> last;
   for (const auto& u : updates) last[{u.event_id, u.endpoint}] = &u;
   array_literal ids, endpoints, states, attempts, first, lasts, next, errors, reasons;
+  std::map<std::string_view, batch_record> batches;
   for (const auto& [key, u] : last) {
+    if (recorded_in_batch(*u)) {
+      auto& b = batches[u->endpoint];
+      b.ids.push_back(u->event_id);  // in id order: the map's
+      b.first_ms = b.first_ms == 0 ? u->last_attempt_ms : std::min(b.first_ms, u->last_attempt_ms);
+      b.last_ms = std::max(b.last_ms, u->last_attempt_ms);
+      continue;
+    }
     ids.add(u->event_id);
     endpoints.add(u->endpoint);
     states.add(to_text(u->state));
@@ -619,6 +678,23 @@ void store::record(const std::vector<delivery_update>& updates,
       writing.emplace_back(&reader.position, *v);
     }
   }
+  array_literal batch_endpoints, batch_firsts, batch_lasts, batch_ranges, batch_first_ms, batch_last_ms;
+  for (const auto& [endpoint, b] : batches) {
+    array_literal ranges;  // inclusive [lo, hi] pairs of consecutive ids
+    for (std::size_t i = 0; i < b.ids.size();) {
+      std::size_t j = i;
+      while (j + 1 < b.ids.size() && b.ids[j + 1] == b.ids[j] + 1) ++j;
+      ranges.add(b.ids[i]);
+      ranges.add(b.ids[j]);
+      i = j + 1;
+    }
+    batch_endpoints.add(endpoint);
+    batch_firsts.add(b.ids.front());
+    batch_lasts.add(b.ids.back());
+    batch_ranges.add(ranges.str());
+    batch_first_ms.add(b.first_ms);
+    batch_last_ms.add(b.last_ms);
+  }
   if (last.empty() && writing.empty()) return;
   if (!impl_->record_prepared) {
     impl_->conn.prepare("ar_record", record_sql);
@@ -626,7 +702,9 @@ void store::record(const std::vector<delivery_update>& updates,
   }
   pqxx::nontransaction tx(impl_->conn);
   tx.exec_prepared("ar_record", ids.str(), endpoints.str(), states.str(), attempts.str(), first.str(),
-                   lasts.str(), next.str(), errors.str(), reasons.str(), names.str(), values.str());
+                   lasts.str(), next.str(), errors.str(), reasons.str(), names.str(), values.str(),
+                   batch_endpoints.str(), batch_firsts.str(), batch_lasts.str(), batch_ranges.str(),
+                   batch_first_ms.str(), batch_last_ms.str());
   for (auto [pos, v] : writing) pos->written(v);
 }
 
@@ -642,7 +720,12 @@ std::vector<endpoint_status> store::status(const std::vector<std::string>& endpo
         " LEFT JOIN appointment_relay.delivery d ON d.event_id = o.id AND d.endpoint = $1"
         " WHERE o.id > coalesce((SELECT done_through FROM appointment_relay.endpoint_cursor WHERE endpoint = "
         "$1), 0)"
-        " AND (d.state IS NULL OR d.state IN ('retrying', 'replay'))",
+        " AND (d.state IS NULL OR d.state IN ('retrying', 'replay'))"
+        // Delivered on the first attempt above a lagging watermark: in a batch record.
+        " AND NOT EXISTS (SELECT 1 FROM appointment_relay.delivery_batch b,"
+        "  generate_series(1, cardinality(b.done_ids) - 1, 2) AS r(i)"
+        "  WHERE b.endpoint = $1 AND b.last_id >= o.id AND b.first_id <= o.id"
+        "  AND o.id BETWEEN b.done_ids[r.i] AND b.done_ids[r.i + 1])",
         name);
     s.backlog = r[0][0].as<std::int64_t>();
     if (!r[0][1].is_null()) s.oldest_pending_age_seconds = r[0][1].as<double>();
@@ -667,7 +750,8 @@ std::int64_t store::replay(const replay_filter& filter) {
       "WITH flipped AS ("
       " UPDATE appointment_relay.delivery d SET state = 'replay', dead_reason = NULL, attempts = 0,"
       "  first_attempt_at = NULL, next_attempt_at = NULL, last_error = NULL"
-      " FROM appointment_relay.outbox o"
+      " FROM (SELECT id, captured_at FROM appointment_relay.outbox UNION ALL"
+      "  SELECT id, captured_at FROM appointment_relay.outbox_kept) o"
       " WHERE o.id = d.event_id AND d.state = 'dead'"
       " AND ($1::text IS NULL OR d.endpoint = $1::text)"
       " AND ($2::bigint IS NULL OR d.event_id = $2::bigint)"
@@ -685,26 +769,25 @@ std::int64_t store::replay(const replay_filter& filter) {
 }
 
 std::int64_t store::purge(std::chrono::seconds retention, const std::vector<std::string>& endpoints,
-                          int batch) {
-  if (endpoints.empty() || batch <= 0) return 0;
+                          int max_partitions) {
+  if (endpoints.empty()) return 0;
   array_literal names;
   for (const auto& e : endpoints) names.add(e);
-  pqxx::work tx(impl_->conn);
-  auto r = tx.exec_params(
-      "WITH gone AS ("
-      " DELETE FROM appointment_relay.outbox WHERE id IN ("
-      "  SELECT o.id FROM appointment_relay.outbox o"
-      "  WHERE o.captured_at < now() - make_interval(secs => $1)"
-      "  AND o.id <= (SELECT min(coalesce(c.done_through, 0)) FROM unnest($2::text[]) AS e(endpoint)"
-      "               LEFT JOIN appointment_relay.endpoint_cursor c ON c.endpoint = e.endpoint)"
-      "  AND NOT EXISTS (SELECT 1 FROM appointment_relay.delivery d"
-      "                  WHERE d.event_id = o.id AND d.state IN ('dead', 'replay', 'retrying'))"
-      "  ORDER BY o.id LIMIT $3)"
-      " RETURNING 1)"
-      " SELECT count(*) FROM gone",
-      static_cast<std::int64_t>(retention.count()), names.str(), batch);
-  tx.commit();
-  return r[0][0].as<std::int64_t>();
+  std::int64_t removed = 0;
+  // One partition per statement (each its own transaction): a lock not had undoes only that one.
+  for (int i = 0; i < max_partitions; ++i) {
+    pqxx::nontransaction tx(impl_->conn);
+    auto r = tx.exec_params("SELECT appointment_relay.drop_partition($1::text[], make_interval(secs => $2))",
+                            names.str(), static_cast<std::int64_t>(retention.count()));
+    if (r[0][0].is_null()) break;  // nothing more may go now
+    removed += r[0][0].as<std::int64_t>();
+  }
+  return removed;
+}
+
+int store::add_partitions(std::int64_t width, int ahead) {
+  pqxx::nontransaction tx(impl_->conn);
+  return tx.exec_params("SELECT appointment_relay.add_partitions($1, $2)", width, ahead)[0][0].as<int>();
 }
 
 bool store::is_open() const {

@@ -230,7 +230,7 @@ TEST(daemon, should_exit_at_once_on_a_second_signal_leaving_the_rest_pending) {
   ASSERT_TRUE(code.has_value()) << relay.log();
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
   EXPECT_EQ(*code, 1) << "the drain did not finish";
-  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE state = 'delivered'"), "0")
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivered_events"), "0")
       << "the unfinished event is still pending";
 }
 

@@ -315,7 +315,10 @@ TEST(store, should_not_assign_a_transaction_id_to_a_read) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
   // No autovacuum/analyze of the outbox meanwhile: ANALYZE writes, so it takes a transaction id.
-  db.exec("ALTER TABLE appointment_relay.outbox SET (autovacuum_enabled = false)");
+  db.exec(
+      "DO $$ DECLARE p regclass; BEGIN FOR p IN SELECT inhrelid::regclass FROM pg_inherits"
+      " WHERE inhparent = 'appointment_relay.outbox'::regclass LOOP"
+      " EXECUTE format('ALTER TABLE %s SET (autovacuum_enabled = false)', p); END LOOP; END $$");
   db.exec(
       "INSERT INTO appointment_relay.outbox (source_table, operation, row_id)"
       " SELECT 'api_appointment', 'INSERT', g FROM generate_series(1, 40) g");
@@ -402,6 +405,38 @@ TEST(store, should_not_read_delivered_or_dead_again_and_resume_from_the_persiste
   EXPECT_EQ(ids_of(fresh.read_pending("a", 100)), (std::vector<std::int64_t>{ids[3], ids[4]}));
 }
 
+TEST(store, should_not_read_again_what_a_batch_record_settled_above_a_lagging_watermark) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  for (int i = 0; i < 6; ++i) book(db, p.id, note);
+  store s(db.url());
+  auto ids = ids_of(s.read_pending("a", 100));
+  ASSERT_EQ(ids.size(), 6u);
+  ASSERT_TRUE(s.read_pending("a", 100).empty());
+  // ids[2] waits for a retry, which holds the watermark at ids[1]; the others were delivered at once.
+  std::vector<delivery_update> updates;
+  for (auto i : {0, 1, 3, 5})
+    updates.push_back({ids[i], "a", delivery_state::delivered, 1, 1700000000000, 1700000000100, {}, "", ""});
+  updates.push_back({ids[2], "a", delivery_state::retrying, 1, 1700000000000, 1700000000100, 1700000009000,
+                     "http 503", ""});
+  s.record(updates, {{"a", ids[1]}});
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivery"), "1") << "only the retry";
+  EXPECT_EQ(db.query_value("SELECT done_ids::text FROM appointment_relay.delivery_batch"),
+            "{" + std::to_string(ids[0]) + "," + std::to_string(ids[1]) + "," + std::to_string(ids[3]) + "," +
+                std::to_string(ids[3]) + "," + std::to_string(ids[5]) + "," + std::to_string(ids[5]) + "}");
+  EXPECT_EQ(db.query_value("SELECT string_agg(event_id::text, ',' ORDER BY event_id)"
+                           " FROM appointment_relay.delivered_events WHERE endpoint = 'a'"),
+            std::to_string(ids[0]) + "," + std::to_string(ids[1]) + "," + std::to_string(ids[3]) + "," +
+                std::to_string(ids[5]));
+  auto st = s.status({"a"});
+  EXPECT_EQ(st[0].backlog, 2);  // ids[2] and ids[4]
+
+  store fresh(db.url());  // a restart: reads from the watermark, skips what the batch record says is done
+  EXPECT_EQ(ids_of(fresh.read_pending("a", 100)), (std::vector<std::int64_t>{ids[2], ids[4]}));
+}
+
 TEST(store, should_record_thousands_of_updates_in_one_call_with_duplicates) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
@@ -473,34 +508,101 @@ TEST(store, should_report_status_replay_dead_letters_and_return_them_as_replayed
   EXPECT_EQ(ids_of(s.read_pending("a", 100)), std::vector<std::int64_t>{ids[1]});
 }
 
-TEST(store, should_purge_only_old_rows_every_endpoint_is_done_with) {
+// Partitions of two ids each in place of the migration's (empty) ones of 100,000.
+void use_small_partitions(const scratch_database& db, store& s) {
+  db.exec(
+      "DO $$ DECLARE p text; BEGIN FOR p IN SELECT name FROM appointment_relay.outbox_partitions()"
+      " WHERE first_id IS NOT NULL LOOP EXECUTE format('DROP TABLE appointment_relay.%I', p); END LOOP; END "
+      "$$");
+  ASSERT_EQ(s.add_partitions(2, 4), 4);
+}
+
+std::set<std::int64_t> ids_in(const scratch_database& db, const std::string& table) {
+  std::set<std::int64_t> ids;
+  auto list = db.query_value("SELECT coalesce(string_agg(id::text, ',' ORDER BY id), '') FROM " + table);
+  for (std::size_t pos = 0; pos < list.size();) {
+    auto comma = list.find(',', pos);
+    ids.insert(std::stoll(list.substr(pos, comma - pos)));
+    pos = comma == std::string::npos ? list.size() : comma + 1;
+  }
+  return ids;
+}
+
+TEST(store, should_drop_old_partitions_every_endpoint_is_done_with_keeping_dead_letters) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
+  store s(db.url());
+  use_small_partitions(db, s);  // [1,3) [3,5) [5,7) [7,9)
   auto p = add_patient(db);
   auto note = add_note(db, p.id);
-  for (int i = 0; i < 5; ++i) book(db, p.id, note);
-  store s(db.url());
+  for (int i = 0; i < 7; ++i) book(db, p.id, note);
   auto ids = ids_of(s.read_pending("a", 100));
-  ASSERT_EQ(ids.size(), 5u);
+  ASSERT_EQ(ids, (std::vector<std::int64_t>{1, 2, 3, 4, 5, 6, 7}));
   ASSERT_TRUE(s.read_pending("a", 100).empty());  // settles the read floor past every row
-  db.exec("UPDATE appointment_relay.outbox SET captured_at = now() - interval '10 days' WHERE id <> " +
-          std::to_string(ids[2]));
-  s.record({{ids[0], "a", delivery_state::delivered, 1, 1, 1, {}, "", ""},
-            {ids[1], "a", delivery_state::dead, 1, 1, 1, {}, "x", "x"},
-            {ids[2], "a", delivery_state::delivered, 1, 1, 1, {}, "", ""}},
-           {{"a", ids[3]}});
+  db.exec("UPDATE appointment_relay.outbox SET captured_at = now() - interval '10 days' WHERE id <> 5");
+  // 1 delivered after a retry (a delivery row), 2 dead, 3 retrying, 4 and 6 delivered at once, 5 young,
+  // 7 past the watermark.
+  s.record({{1, "a", delivery_state::delivered, 2, 1, 1, {}, "", ""},
+            {2, "a", delivery_state::dead, 1, 1, 1, {}, "x", "x"},
+            {3, "a", delivery_state::retrying, 1, 1, 1, 4102444800000, "http 503", ""},
+            {4, "a", delivery_state::delivered, 1, 1, 1, {}, "", ""},
+            {6, "a", delivery_state::delivered, 1, 1, 1, {}, "", ""}},
+           {{"a", 6}});
   const auto week = std::chrono::hours(24 * 7);
-  EXPECT_EQ(s.purge(week, {"a", "b"}, 100), 0);  // b has done nothing
-  EXPECT_EQ(s.purge(week, {"a"}, 1), 1);         // batch bound
-  EXPECT_EQ(s.purge(week, {"a"}, 100), 1);
-  EXPECT_EQ(s.purge(week, {"a"}, 100), 0);
-  std::set<std::int64_t> left;
-  for (auto id : ids)
-    if (db.query_value("SELECT count(*) FROM appointment_relay.outbox WHERE id = " + std::to_string(id)) ==
-        "1")
-      left.insert(id);
-  // ids[0], ids[3]: old and done; ids[1] dead; ids[2] young; ids[4] past the watermark.
-  EXPECT_EQ(left, (std::set<std::int64_t>{ids[1], ids[2], ids[4]}));
+  EXPECT_EQ(s.purge(week, {"a", "b"}), 0);  // b has done nothing
+  EXPECT_EQ(s.purge(week, {"a"}), 2);       // [1,3): 3 is retrying, 5 is young, 7 not done
+  EXPECT_EQ(s.purge(week, {"a"}), 0);
+  EXPECT_EQ(ids_in(db, "appointment_relay.outbox"), (std::set<std::int64_t>{3, 4, 5, 6, 7}));
+  EXPECT_EQ(ids_in(db, "appointment_relay.outbox_kept"), (std::set<std::int64_t>{2}));
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE event_id = 1"), "0");
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.outbox_partitions() WHERE end_id = 3"),
+            "0")
+      << "dropped, not emptied row by row";
+  EXPECT_EQ(s.status({"a"})[0].dead_by_reason, (std::map<std::string, std::int64_t>{{"x", 1}}));
+
+  // The dead letter comes back from outbox_kept, whole.
+  replay_filter dead;
+  dead.endpoint = "a";
+  EXPECT_EQ(s.replay(dead), 1);
+  auto back = s.read_pending("a", 100);
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0].id, 2);
+  EXPECT_TRUE(back[0].replayed);
+  EXPECT_EQ(change_of(back[0]).appointment_external_id,
+            external_id(db, change_of(back[0]).appointment_id.value()));
+  // 3 delivered, 5 old now: [3,5) and [5,7) go.
+  s.record({{3, "a", delivery_state::delivered, 2, 1, 1, {}, "", ""}}, {});
+  db.exec("UPDATE appointment_relay.outbox SET captured_at = now() - interval '10 days' WHERE id = 5");
+  EXPECT_EQ(s.purge(week, {"a"}), 4);
+  EXPECT_EQ(ids_in(db, "appointment_relay.outbox"), (std::set<std::int64_t>{7}));
+}
+
+TEST(store, should_empty_the_default_partition_once_its_rows_may_go) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  store s(db.url());
+  db.exec(
+      "DO $$ DECLARE p text; BEGIN FOR p IN SELECT name FROM appointment_relay.outbox_partitions()"
+      " WHERE first_id IS NOT NULL LOOP EXECUTE format('DROP TABLE appointment_relay.%I', p); END LOOP; END "
+      "$$");
+  auto p = add_patient(db);
+  auto note = add_note(db, p.id);
+  for (int i = 0; i < 3; ++i) book(db, p.id, note);  // no partition for them: the default takes them
+  EXPECT_EQ(ids_in(db, "appointment_relay.outbox_default"), (std::set<std::int64_t>{1, 2, 3}));
+  // New partitions start beyond the default's rows.
+  EXPECT_EQ(s.add_partitions(10, 2), 2);
+  book(db, p.id, note);
+  EXPECT_EQ(ids_in(db, "appointment_relay.outbox_default"), (std::set<std::int64_t>{1, 2, 3}));
+  auto ids = ids_of(s.read_pending("a", 100));
+  ASSERT_EQ(ids.size(), 4u);
+  ASSERT_TRUE(s.read_pending("a", 100).empty());
+  db.exec("UPDATE appointment_relay.outbox SET captured_at = now() - interval '10 days'");
+  std::vector<delivery_update> done;
+  for (auto id : ids) done.push_back({id, "a", delivery_state::delivered, 1, 1, 1, {}, "", ""});
+  s.record(done, {{"a", 3}});
+  EXPECT_EQ(s.purge(std::chrono::hours(24), {"a"}), 3);
+  EXPECT_TRUE(ids_in(db, "appointment_relay.outbox_default").empty());
+  EXPECT_EQ(ids_in(db, "appointment_relay.outbox"), (std::set<std::int64_t>{ids[3]}));
 }
 
 TEST(store, should_refuse_an_unmigrated_database_with_a_clear_message) {

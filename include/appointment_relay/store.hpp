@@ -56,7 +56,14 @@ struct delivery_update {
   std::optional<std::int64_t> next_attempt_ms;  // retrying
   std::string last_error;                       // "http 503", "connection refused", ...
   std::string dead_reason;                      // dead
+  bool replayed = false;                        // a dead letter put back by replay (it has a delivery row)
 };
+
+// Delivered on its first attempt and never replayed: no delivery row of its own, only a range of ids in its
+// endpoint's batch record (appointment_relay.delivery_batch).
+inline bool recorded_in_batch(const delivery_update& u) {
+  return u.state == delivery_state::delivered && u.attempts <= 1 && !u.replayed;
+}
 
 struct endpoint_status {
   std::string endpoint;
@@ -170,9 +177,15 @@ class store {
 
   std::vector<endpoint_status> status(const std::vector<std::string>& endpoints);
   std::int64_t replay(const replay_filter& filter);  // dead letters back to pending; returns how many
-  // Deletes outbox rows older than retention that every endpoint has done (delivered, not dead), at most
-  // batch rows; returns how many.
-  std::int64_t purge(std::chrono::seconds retention, const std::vector<std::string>& endpoints, int batch);
+  // Retention: drops outbox partitions (or empties the default one) whose rows every endpoint is done with
+  // and whose newest row is older than retention, at most max_partitions of them; dead letters in them are
+  // kept apart first, and a partition with retrying or replayed events waits. Returns the rows removed.
+  // Throws when a lock is not had within 100 ms (a transaction holds the outbox): try again later.
+  std::int64_t purge(std::chrono::seconds retention, const std::vector<std::string>& endpoints,
+                     int max_partitions = 16);
+  // Makes outbox partitions of width ids until ahead of them lie beyond the next id; returns how many it
+  // made. Throws like purge.
+  int add_partitions(std::int64_t width, int ahead);
 
   bool is_open() const;
 

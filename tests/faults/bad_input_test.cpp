@@ -177,7 +177,7 @@ TEST(bad_input, should_retry_an_endpoint_whose_host_does_not_resolve_and_say_so)
   ASSERT_TRUE(relay.wait_for_log("retry event=", 20s)) << relay.log();
   EXPECT_TRUE(relay.wait_for_log("resolve: ", 0ms)) << relay.log();
   EXPECT_EQ(relay.count_in_log("dead letter"), 0u) << "a resolve failure is retried, not dropped";
-  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE state = 'delivered'"), "0");
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivered_events"), "0");
 }
 
 TEST(bad_input, should_not_deliver_to_an_endpoint_whose_certificate_names_another_host) {
@@ -203,7 +203,7 @@ TEST(bad_input, should_not_deliver_to_an_endpoint_whose_certificate_names_anothe
   EXPECT_TRUE(relay.wait_for_log("tls handshake", 0ms)) << relay.log();
   EXPECT_EQ(server.request_count(), 0u) << "no request over an unverified connection";
   EXPECT_GT(server.tls_handshake_failures() + server.accepted_connections(), 0);
-  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE state = 'delivered'"), "0");
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivered_events"), "0");
 }
 
 }  // namespace

@@ -303,6 +303,27 @@ TEST_F(least_privilege, should_refuse_outbox_rows_forged_with_canvas_application
   // The daemon reads the outbox but does not write it, and reads nothing of Canvas's.
   EXPECT_EQ(outcome_of(daemon_url(), forged_outbox_row), insufficient_privilege);
   EXPECT_EQ(outcome_of(daemon_url(), "SELECT count(*) FROM public.api_patient"), insufficient_privilege);
+  // Nor a partition, nor the kept dead letters (which replay sends), nor the default partition: the rights
+  // checked are the outbox's only when it is named, so each partition is its owner's alone.
+  const auto partition = db_->query_value(
+      "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+      " WHERE i.inhparent = 'appointment_relay.outbox'::regclass ORDER BY c.relname DESC LIMIT 1");
+  for (const std::string& table :
+       {"appointment_relay." + partition, std::string("appointment_relay.outbox_default"),
+        std::string("appointment_relay.outbox_kept")}) {
+    std::string forged = forged_outbox_row;
+    forged.replace(forged.find("appointment_relay.outbox"), std::string("appointment_relay.outbox").size(),
+                   table);
+    EXPECT_EQ(outcome_of(daemon_url(), forged), insufficient_privilege) << table;
+    EXPECT_EQ(outcome_of(app_url(), forged), insufficient_privilege) << table;
+  }
+  // The partition maintenance (migration 0004) is the daemon's, not Canvas's.
+  const char* maintenance[] = {"SELECT appointment_relay.add_partitions(100000, 3)",
+                               "SELECT appointment_relay.drop_partition(ARRAY['x'], interval '7 days')"};
+  for (const char* call : maintenance) {
+    EXPECT_EQ(outcome_of(app_url(), call), insufficient_privilege) << call;
+    EXPECT_EQ(outcome_of(daemon_url(), call), "ok") << call;
+  }
   EXPECT_EQ(db_->query_value("SELECT count(*) FROM appointment_relay.outbox"), "0");
 }
 
