@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# The benchmarks of issue 7: builds in Release, starts a throwaway PostgreSQL and the fast receiver
-# (appointment-relay-receiver), runs the relay as a separate process, and measures capture overhead,
-# end-to-end throughput, commit-to-receipt latency, backlog drain, the relay's CPU per event and peak RSS,
-# and the classifier alone. Prints one table (each figure beside its target) and writes it to
-# bench/results/latest.md and a dated copy.
-#   scripts/bench.sh            the full run (a few minutes), build dir build-release (Release)
-#   scripts/bench.sh --quick    tiny sizes, a few seconds, build dir build; results in a temporary folder;
+# The benchmarks of issue 7, and issue 11's costs to Canvas's database: builds in Release, starts a throwaway
+# PostgreSQL and the fast receiver (appointment-relay-receiver), runs the relay as a separate process, and
+# measures capture overhead, end-to-end throughput, commit-to-receipt latency, backlog drain, the relay's CPU
+# per event and peak RSS, the WAL and PostgreSQL CPU per delivered event, what retention leaves behind, the
+# drain side by side with a build of an earlier commit, and the classifier alone. Prints one table (each
+# figure beside its target) and writes it to bench/results/latest.md and a dated copy.
+#   scripts/bench.sh            the full run (several minutes), build dir build-release (Release)
+#   scripts/bench.sh --quick    tiny sizes, well under a minute, build dir build; results in a temporary folder;
 #                               fails when an event is not delivered (scripts/test.sh runs it)
 #   scripts/bench.sh --profile  also profiles the relay (perf record) during an extra, unmeasured drain
 #   BENCH_BUILD_DIR=dir         use that build dir instead
+#   BENCH_RESULTS_DIR=dir       write the full run's table there instead of bench/results (a trial run)
+#   BENCH_BASELINE=commit       drain side by side with a build of that commit (default be1b492 in the full
+#                               run, off in --quick; "off" skips it). Its git worktree and build stay in
+#                               /tmp/ar-baseline-<commit> for the next run (git worktree remove --force DIR
+#                               removes them).
+#   BENCH_BASELINE_EVENTS=N, BENCH_BASELINE_ROUNDS=R   events per drain and drains per build in that comparison
+#                               (default: the run's large drain, 3)
+#   BENCH_DRAIN_EVENTS=N        the large drain's size, on which retention runs (default 100000; 2000 in --quick)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -30,6 +39,8 @@ if [ $quick -eq 1 ]; then
   held_seconds=3; held_window=1
   flood_seconds=2; flood_warmup=0.5
   drain_small=500; drain_events=2000
+  retention_quiet=1; retention_limit=7
+  baseline=${BENCH_BASELINE:-off}
   bench_min_time=0.01
   wait_limit=60
 else
@@ -40,9 +51,15 @@ else
   held_seconds=120; held_window=20
   flood_seconds=15; flood_warmup=2
   drain_small=20000; drain_events=100000
+  retention_quiet=5; retention_limit=20
+  baseline=${BENCH_BASELINE:-be1b492}
   bench_min_time=0.5
   wait_limit=300
 fi
+[ "$baseline" != off ] || baseline=""
+drain_events=${BENCH_DRAIN_EVENTS:-$drain_events}
+baseline_events=${BENCH_BASELINE_EVENTS:-$drain_events}
+baseline_rounds=${BENCH_BASELINE_ROUNDS:-3}
 
 [ -n "${BENCH_SKIP_DEPS:-}" ] || scripts/install-deps.sh
 if [ ! -f "$build/CMakeCache.txt" ]; then
@@ -73,23 +90,69 @@ trap 'exit 130' INT TERM
 log() { echo "bench: $*" >&2; }
 fail() { echo "bench: FAILED: $*" >&2; exit 1; }
 
+# The baseline: a build of an earlier commit from its own git worktree, with the same build type and flags.
+baseline_relay=""
+if [ -n "$baseline" ]; then
+  baseline_commit=$(git -C "$root" rev-parse --verify --quiet "$baseline^{commit}") \
+    || fail "no commit $baseline to compare with (BENCH_BASELINE=off skips the comparison)"
+  baseline_tree=/tmp/ar-baseline-$baseline
+  if [ -d "$baseline_tree" ]; then
+    [ "$(git -C "$baseline_tree" rev-parse HEAD 2>/dev/null)" = "$baseline_commit" ] \
+      || fail "$baseline_tree is not a worktree at $baseline: remove it"
+  else
+    git -C "$root" worktree prune
+    git -C "$root" worktree add --detach "$baseline_tree" "$baseline_commit" >"$work/baseline-build.log" 2>&1 \
+      || { cat "$work/baseline-build.log" >&2; fail "git worktree add $baseline_tree"; }
+  fi
+  baseline_build=$baseline_tree/build-bench-$build_type
+  log "building $baseline ($build_type) in $baseline_build"
+  { [ -f "$baseline_build/CMakeCache.txt" ] \
+      || cmake -S "$baseline_tree" -B "$baseline_build" -G Ninja -DCMAKE_BUILD_TYPE=$build_type -DCMAKE_CXX_FLAGS=-Wno-restrict
+    cmake --build "$baseline_build" -j "$(nproc)" --target appointment-relay
+  } >>"$work/baseline-build.log" 2>&1 || { tail -n 30 "$work/baseline-build.log" >&2; fail "the build of $baseline"; }
+  baseline_relay=$baseline_build/appointment-relay
+fi
+
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 "$producer" jitter --seconds 1 >"$work/jitter-start.result"
 server=$(scripts/pg-cluster.sh start "$pgdir")
 base=${server%/postgres}
 log "PostgreSQL at $server, work in $work"
 
-# new_db NAME [migrate]: a database with the Canvas schema, migrated for the relay when asked.
+# The relay under test: the binary, its migrations, and the settings the build has. The baseline comparison
+# swaps them; relay_env holds extra NAME=value settings for one run.
+relay_bin=$relay
+relay_sql=$root/sql
+relay_lease=200ms  # empty for a build without the leadership lease
+relay_env=()
+use_current() { relay_bin=$relay; relay_sql=$root/sql; relay_lease=200ms; }
+use_baseline() { relay_bin=$baseline_relay; relay_sql=$baseline_tree/sql; relay_lease=""; }
+
+# new_db NAME [migrate]: a database with the Canvas schema, migrated when asked by the relay under test (each
+# build its own migrations).
 new_db() {
   psql -q "$server" -c "CREATE DATABASE $1" >/dev/null
   for f in sql/canvas/*.sql; do psql -q -v ON_ERROR_STOP=1 "$base/$1" -f "$f" >/dev/null; done
   if [ "${2:-}" = migrate ]; then
-    APPOINTMENT_RELAY_DATABASE_URL="$base/$1" APPOINTMENT_RELAY_LOG_LEVEL=warn "$relay" migrate >"$work/migrate-$1.log" 2>&1 \
-      || { cat "$work/migrate-$1.log" >&2; fail "migrate $1"; }
+    APPOINTMENT_RELAY_DATABASE_URL="$base/$1" APPOINTMENT_RELAY_SQL_DIR="$relay_sql" APPOINTMENT_RELAY_LOG_LEVEL=warn \
+      "$relay_bin" migrate >"$work/migrate-$1.log" 2>&1 || { cat "$work/migrate-$1.log" >&2; fail "migrate $1"; }
   fi
 }
 sql() { psql -qtA -v ON_ERROR_STOP=1 "$base/$1" -c "$2"; }
-delivered() { sql "$1" "SELECT count(*) FROM appointment_relay.delivery WHERE state = 'delivered'"; }
+lsn() { sql "$1" "SELECT pg_current_wal_lsn()"; }
+wal_bytes() { sql "$1" "SELECT pg_wal_lsn_diff('$3', '$2')"; }  # wal_bytes DB FROM TO
+# The relay's admin port: it listens on port 0 (no port to race for), found among its sockets.
+relay_admin_port() {
+  ss -Hltnp 2>/dev/null | awk -v p="pid=$relay_pid," 'index($0, p) {n = split($4, a, ":"); print a[n]; exit}'
+}
+# Events delivered so far: the relay's count of 2xx answers, from its /metrics. Not a query on the database:
+# it would add to the PostgreSQL CPU measured, and the delivery table no longer holds a row per delivered
+# event. (The receiver writes its record only when it exits.) 0 until the admin server listens.
+delivered() {
+  [ -n "$admin_port" ] || { echo 0; return; }
+  { curl -sf --max-time 2 "http://127.0.0.1:$admin_port/metrics" 2>/dev/null || true; } \
+    | awk '/^appointment_relay_events_delivered_total[{ ]/ {s += $NF} END {printf "%d\n", s}'
+}
 
 # start_receiver RECORD: sets receiver_pid and receiver_port.
 start_receiver() {
@@ -111,15 +174,17 @@ stop_receiver() {
   wait "$receiver_pid" || fail "the receiver exited with $?"
 }
 
-# start_relay DB LOG [LEVEL]: sets relay_pid and relay_started_ns.
+# start_relay DB LOG [LEVEL]: sets relay_pid and relay_started_ns (admin_port: once wait_delivered found it).
 start_relay() {
+  admin_port=""
   relay_started_ns=$(date +%s%N)
-  APPOINTMENT_RELAY_DATABASE_URL="$base/$1" \
+  env ${relay_lease:+APPOINTMENT_RELAY_DATABASE_LEADER_LEASE=$relay_lease} "${relay_env[@]}" \
+    APPOINTMENT_RELAY_DATABASE_URL="$base/$1" \
+    APPOINTMENT_RELAY_SQL_DIR="$relay_sql" \
     APPOINTMENT_RELAY_ENDPOINT_URL="http://127.0.0.1:$receiver_port/webhooks" \
     APPOINTMENT_RELAY_ADMIN_LISTEN=127.0.0.1:0 \
-    APPOINTMENT_RELAY_DATABASE_LEADER_LEASE=200ms \
     APPOINTMENT_RELAY_LOG_LEVEL=${3:-warn} \
-    "$relay" run >"$2" 2>&1 &
+    "$relay_bin" run >"$2" 2>&1 &
   relay_pid=$!
   pids+=("$relay_pid")
 }
@@ -144,7 +209,8 @@ tick=$(getconf CLK_TCK)
 wait_delivered() {
   local deadline=$(($(date +%s) + wait_limit)) n
   while :; do
-    n=$(delivered "$1")
+    [ -n "$admin_port" ] || admin_port=$(relay_admin_port)
+    n=$(delivered)
     [ "$n" -ge "$2" ] && return 0
     kill -0 "$relay_pid" 2>/dev/null || fail "the relay died (log: $(tail -n 5 "$work/relay-$1.log" | tr '\n' ' '))"
     [ "$(date +%s)" -lt $deadline ] || fail "$1: only $n of $2 events delivered after ${wait_limit}s"
@@ -268,20 +334,15 @@ latency_run lat warn $latency_seconds
 lat_n=$(kv "$work/lat.produced" notifiable)
 lat_pg_us=$stream_pg_us
 saved_cpu=$stream_cpu_us; saved_hwm=$lat_hwm
+log "3b. the same at log level info (the default: one info line per delivered event), ${latency_seconds}s"
+latency_run lat_info info "$latency_seconds"
+info_cpu_us=$stream_cpu_us; info_hwm=$lat_hwm
+stream_cpu_us=$saved_cpu; lat_hwm=$saved_hwm
 log "3c. the same for ${held_seconds}s with one Canvas transaction held open throughout"
 latency_run held warn "$held_seconds" hold "$held_window"
 held_pg_us=$stream_pg_us; held_hwm=$lat_hwm; held_cpu_us=$stream_cpu_us
 held_windows=$(grep '^window_' "$work/held.result" | sed 's/^window_[0-9]*=//' | tr '\n' ';' | sed 's/;$//; s/;/; /g')
 stream_cpu_us=$saved_cpu; lat_hwm=$saved_hwm
-info_note=""
-if [ $quick -eq 0 ]; then
-  info_seconds=10
-  log "3b. the same at log level info, ${info_seconds}s (for the record)"
-  saved_cpu=$stream_cpu_us; saved_hwm=$lat_hwm
-  latency_run lat_info info $info_seconds
-  info_note="At log level info (${info_seconds}s, one info line per delivered event): p50 $(kv "$work/lat_info.result" p50_us) µs, p99 $(kv "$work/lat_info.result" p99_us) µs, max $(kv "$work/lat_info.result" max_us) µs, relay CPU $stream_cpu_us µs per event, VmHWM $lat_hwm kB."
-  stream_cpu_us=$saved_cpu; lat_hwm=$saved_hwm
-fi
 
 # ---------------------------------------------------------------------------------------------------------
 # 2. End-to-end throughput: two producer connections flat out while the relay delivers.
@@ -307,16 +368,37 @@ flood_cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v n="$flood_n" -v hz="$tick" 'BEGIN {p
 log "   $(tr '\n' ' ' <"$work/flood.result") cpu/event ${flood_cpu_us}us"
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. Backlog drain (and CPU per event while draining, peak RSS): N pending events, then the relay starts.
-# drain NAME EVENTS: sets drain_rate, drain_cpu_us, drain_hwm, drain_insert_s.
+# 4. Backlog drain (and CPU per event while draining, peak RSS, PostgreSQL's CPU and WAL per event): N pending
+#    events, then the relay starts.
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+# wal_summary FROM TO N OUT [UNIT]: pg_waldump's statistics of that WAL into OUT; prints the four largest
+# resource managers' bytes divided by N, and the full-page images' within them. Nothing without pg_waldump.
+wal_summary() {
+  [ -x "$pg_bin/pg_waldump" ] || return 0
+  "$pg_bin/pg_waldump" --stats -p "$pgdir/data/pg_wal" -s "$1" -e "$2" >"$4" 2>&1 || return 0
+  awk -v n="$3" -v unit="${5:-B}" '{gsub(/[()]/, " ")}
+    NF == 9 && $2 ~ /^[0-9]+$/ && $8 > 0 {c[$1] = $8}
+    $1 == "Total" {fpi = $5}
+    END {sep = ""
+         for (j = 0; j < 4; j++) { m = 0; for (i in c) if (c[i] > m && !(i in u)) { m = c[i]; b = i }
+                                   if (m > 0) { u[b] = 1; printf "%s%s %.1f %s", sep, b, m / n, unit; sep = ", " } }
+         printf "; full-page images %.1f %s of them", fpi / n, unit}' "$4" 2>/dev/null || true
+}
+# drain NAME EVENTS [profile]: with the relay under test; sets drain_rate, drain_rate_first, drain_cpu_us,
+# drain_pg_us, drain_wal_b, drain_wal_receipt_b, drain_wal_note, drain_hwm, drain_split, drain_insert_s.
 drain() {
   local d=$1 n=$2
   new_db "$d" migrate
   "$producer" backlog --db "$base/$d" --events "$n" >"$work/$d.produced" || fail "producer (backlog)"
   drain_insert_s=$(kv "$work/$d.produced" seconds)
+  # Vacuumed, so that the relay's reads find no page to prune (pruning writes WAL) and its inserts no
+  # hint bits to set; then a checkpoint, so that every run starts equal and the relay's first write to each
+  # page costs its full-page image, as in production, where a backlog is older than the last checkpoint.
   psql -q "$base/$d" -c "VACUUM ANALYZE" >/dev/null
+  psql -q "$base/$d" -c "CHECKPOINT" >/dev/null
   start_receiver "$work/$d.received"
-  local pg0 busy0 t0 pg1 busy1 t1 relay_t recv_t
+  local pg0 busy0 t0 pg1 busy1 t1 relay_t recv_t lsn0 lsn1 lsn2
+  lsn0=$(lsn "$d")
   pg0=$(pg_ticks); busy0=$(busy_ticks)
   start_relay "$d" "$work/relay-$d.log"
   t0=$relay_started_ns
@@ -327,18 +409,29 @@ drain() {
   wait_delivered "$d" "$n" 0.1
   t1=$(date +%s%N); relay_t=$(cpu_ticks "$relay_pid"); recv_t=$(cpu_ticks "$receiver_pid")
   pg1=$(pg_ticks); busy1=$(busy_ticks)
+  lsn1=$(lsn "$d")
   drain_cpu_us=$(awk -v t="$relay_t" -v n="$n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+  drain_pg_us=$(awk -v t=$((pg1 - pg0)) -v n="$n" -v hz="$tick" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
   drain_hwm=$(hwm_kb "$relay_pid")
-  # Who used the CPU from relay start until all was recorded delivered, in % of one core.
+  # Who used the CPU from relay start until all was delivered, in % of one core.
   drain_split=$(awk -v w=$((t1 - t0)) -v r="$relay_t" -v p=$((pg1 - pg0)) -v c="$recv_t" -v b=$((busy1 - busy0)) \
     -v hz="$tick" -v n="$(nproc)" 'BEGIN {s = w / 1e9 * hz / 100; printf "relay %.0f %%, PostgreSQL %.0f %%, receiver %.0f %%, whole machine %.0f %% (of %d %%) over %.2f s", r / s, p / s, c / s, b / s, n * 100, w / 1e9}')
   [ "${3:-}" = profile ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   stop_relay "$work/relay-$d.log"
+  # The WAL measured ends here, after the relay's exit: the last outcomes, recorded after the last receipt
+  # (on the way out at the latest), are part of delivering. It stops as soon as all is received.
+  lsn2=$(lsn "$d")
   stop_receiver
+  drain_wal_receipt_b=$(awk -v b="$(wal_bytes "$d" "$lsn0" "$lsn1")" -v n="$n" 'BEGIN {printf "%.1f", b / n}')
+  drain_wal_b=$(awk -v b="$(wal_bytes "$d" "$lsn0" "$lsn2")" -v n="$n" 'BEGIN {printf "%.1f", b / n}')
+  drain_wal_note=$(wal_summary "$lsn0" "$lsn2" "$n" "$work/wal-$d.txt")
+  [ -z "$drain_wal_note" ] || drain_wal_note="per event: $drain_wal_note"
   "$producer" drain --received "$work/$d.received" --since "$relay_started_ns" --expect "$n" >"$work/$d.result" \
     || { cat "$work/$d.result" >&2; fail "drain: events missing"; }
   drain_rate=$(kv "$work/$d.result" per_s)
+  drain_rate_first=$(kv "$work/$d.result" per_s_from_first)
   log "   $(tr '\n' ' ' <"$work/$d.result") cpu/event ${drain_cpu_us}us (incl. start-up), VmHWM ${drain_hwm} kB"
+  log "   PostgreSQL ${drain_pg_us}us and WAL ${drain_wal_b} B per event (${drain_wal_receipt_b} B at the last receipt; $drain_wal_note)"
   log "   CPU over the drain: $drain_split"
 }
 log "4. backlog drain: $drain_small then $drain_events pending events"
@@ -347,6 +440,100 @@ small_rate=$drain_rate; small_cpu_us=$drain_cpu_us; small_hwm=$drain_hwm
 drain drain_big $drain_events
 big_insert_s=$drain_insert_s; big_split=$drain_split
 big_rate=$drain_rate; big_cpu_us=$drain_cpu_us; big_hwm=$drain_hwm
+big_pg_us=$drain_pg_us; big_wal_b=$drain_wal_b; big_wal_receipt_b=$drain_wal_receipt_b; big_wal_note=$drain_wal_note
+
+# ---------------------------------------------------------------------------------------------------------
+# 7. Retention: the relay restarted on the drained database with a retention of 1 s. It purges 5 s after it
+#    becomes active, then every minute: the wait ends when the outbox is empty, when it has not shrunk for
+#    retention_quiet seconds after it began to, or after retention_limit seconds.
+# The outbox's live rows from the statistics (a count would read the purged pages, prune them and so write
+# WAL and remove dead tuples itself); partitions included, a dropped one gone from the sum.
+outbox_live() {
+  sql "$1" "SELECT coalesce(sum(s.n_live_tup), 0) FROM pg_partition_tree('appointment_relay.outbox') t
+            JOIN pg_stat_user_tables s ON s.relid = t.relid"
+}
+# retention DB: sets ret_removed, ret_rows, ret_seconds, ret_wal_b, ret_wal_per, ret_dead, ret_dead_tables,
+# ret_vacuums, ret_wal_note.
+retention() {
+  local d=$1 lsn0 lsn1 live last t_start t_shrunk="" now since rows1
+  # The drain's dead tuples are vacuumed first: what is counted after is what the removal left. The
+  # checkpoint: rows past retention are older than the last checkpoint in production, so a removal that
+  # writes to their pages pays a full-page image for each.
+  psql -q "$base/$d" -c "VACUUM ANALYZE" >/dev/null
+  psql -q "$base/$d" -c "CHECKPOINT" >/dev/null
+  ret_rows=$(sql "$d" "SELECT count(*) FROM appointment_relay.outbox")
+  since=$(sql "$d" "SELECT now()")
+  start_receiver "$work/$d-retention.received"
+  lsn0=$(lsn "$d")
+  relay_env=(APPOINTMENT_RELAY_DATABASE_RETENTION=1s)
+  start_relay "$d" "$work/relay-$d-retention.log"
+  relay_env=()
+  t_start=$(date +%s%N)
+  last=$ret_rows
+  while :; do
+    sleep 0.25
+    kill -0 "$relay_pid" 2>/dev/null || fail "the relay died (log: $(tail -n 5 "$work/relay-$d-retention.log" | tr '\n' ' '))"
+    live=$(outbox_live "$d"); now=$(date +%s%N)
+    if [ "$live" -lt "$last" ]; then last=$live; t_shrunk=$now; fi
+    [ "$live" -eq 0 ] && break
+    [ -n "$t_shrunk" ] && [ $((now - t_shrunk)) -ge $((retention_quiet * 1000000000)) ] && break
+    [ $((now - t_start)) -lt $((retention_limit * 1000000000)) ] || break
+  done
+  lsn1=$(lsn "$d")
+  ret_seconds=$(awk -v w=$((now - relay_started_ns)) 'BEGIN {printf "%.1f", w / 1e9}')
+  stop_relay "$work/relay-$d-retention.log"
+  stop_receiver
+  # The relay's statistics reach the shared ones when its backends exit.
+  for _ in $(seq 1 50); do
+    [ "$(sql "$d" "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")" -eq 0 ] && break
+    sleep 0.1
+  done
+  sql "$d" "SELECT pg_stat_force_next_flush()" >/dev/null
+  sleep 0.5
+  ret_dead=$(sql "$d" "SELECT coalesce(sum(n_dead_tup), 0) FROM pg_stat_user_tables WHERE schemaname = 'appointment_relay'")
+  ret_dead_tables=$(sql "$d" "SELECT coalesce(string_agg(relname || ' ' || n_dead_tup, ', ' ORDER BY n_dead_tup DESC), 'none')
+                              FROM pg_stat_user_tables WHERE schemaname = 'appointment_relay' AND n_dead_tup > 0")
+  ret_vacuums=$(sql "$d" "SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = 'appointment_relay'
+                          AND greatest(last_vacuum, last_autovacuum) > '$since'")
+  rows1=$(sql "$d" "SELECT count(*) FROM appointment_relay.outbox")  # last: it may prune
+  ret_removed=$((ret_rows - rows1))
+  ret_wal_b=$(wal_bytes "$d" "$lsn0" "$lsn1")
+  ret_wal_per=n/a
+  [ "$ret_removed" -le 0 ] || ret_wal_per=$(awk -v b="$ret_wal_b" -v n="$ret_removed" 'BEGIN {printf "%.1f", b / n}')
+  ret_wal_note=$(wal_summary "$lsn0" "$lsn1" 1024 "$work/wal-$d-retention.txt" kB)
+  log "   removed $ret_removed of $ret_rows outbox rows in ${ret_seconds}s: WAL $ret_wal_b B ($ret_wal_per B per row; ${ret_wal_note:-no pg_waldump}), dead tuples left $ret_dead ($ret_dead_tables), tables vacuumed meanwhile $ret_vacuums"
+}
+log "7. retention: the relay restarted with a retention of 1 s on the drained $drain_events events"
+retention drain_big
+
+# ---------------------------------------------------------------------------------------------------------
+# 8. The drain side by side with a build of an earlier commit, alternating, each database migrated by the
+#    build that drains it.
+if [ -n "$baseline" ]; then
+  log "8. drain of $baseline_events events, $baseline_rounds rounds, $baseline against this build"
+  median_f() { sort -g | awk -v f="${1:-%.1f}" '{v[NR] = $1} END {printf f, NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+  declare -A cmp=()  # "b.rate" (the baseline's), "c.rate" (this build's), ...: the rounds' figures
+  for r in $(seq 1 "$baseline_rounds"); do
+    # ABBA: the build that drains first alternates, so that a drift of the machine favours neither.
+    if [ $((r % 2)) -eq 1 ]; then order="b c"; else order="c b"; fi
+    for who in $order; do
+      if [ "$who" = b ]; then use_baseline; log "   round $r: $baseline"; else use_current; log "   round $r: this build"; fi
+      drain "cmp_${who}_$r" "$baseline_events"
+      psql -q "$server" -c "DROP DATABASE cmp_${who}_$r" >/dev/null
+      cmp[$who.rate]+=" $drain_rate"; cmp[$who.first]+=" $drain_rate_first"; cmp[$who.cpu]+=" $drain_cpu_us"
+      cmp[$who.pg]+=" $drain_pg_us"; cmp[$who.wal]+=" $drain_wal_b"
+    done
+  done
+  use_current
+  cmp_m() { printf '%s\n' ${cmp[$1]} | median_f "${2:-%.1f}"; }
+  cmp_b_rate_m=$(cmp_m b.rate %.0f); cmp_b_first_m=$(cmp_m b.first %.0f); cmp_b_cpu_m=$(cmp_m b.cpu); cmp_b_pg_m=$(cmp_m b.pg); cmp_b_wal_m=$(cmp_m b.wal)
+  cmp_c_rate_m=$(cmp_m c.rate %.0f); cmp_c_first_m=$(cmp_m c.first %.0f); cmp_c_cpu_m=$(cmp_m c.cpu); cmp_c_pg_m=$(cmp_m c.pg); cmp_c_wal_m=$(cmp_m c.wal)
+  cmp_rate_x=$(awk -v c="$cmp_c_rate_m" -v b="$cmp_b_rate_m" 'BEGIN {printf "%.2f", c / b}')
+  cmp_cpu_x=$(awk -v c="$cmp_c_cpu_m" -v b="$cmp_b_cpu_m" 'BEGIN {printf "%.2f", c / b}')
+  cmp_pg_x=$(awk -v c="$cmp_c_pg_m" -v b="$cmp_b_pg_m" 'BEGIN {printf "%.2f", c / b}')
+  cmp_wal_x=$(awk -v c="$cmp_c_wal_m" -v b="$cmp_b_wal_m" 'BEGIN {printf "%.2f", c / b}')
+  log "   medians, $baseline vs this build: ${cmp_b_rate_m} vs ${cmp_c_rate_m}/s (x$cmp_rate_x), relay ${cmp_b_cpu_m} vs ${cmp_c_cpu_m} us (x$cmp_cpu_x), PostgreSQL ${cmp_b_pg_m} vs ${cmp_c_pg_m} us (x$cmp_pg_x), WAL ${cmp_b_wal_m} vs ${cmp_c_wal_m} B (x$cmp_wal_x)"
+fi
 
 # ---------------------------------------------------------------------------------------------------------
 # 6. The classifier alone.
@@ -383,8 +570,20 @@ ratio=$(kv "$work/flood.result" ratio)
 ms() { awk -v u="$1" 'BEGIN {printf "%.3f ms", u / 1000}'; }
 mb() { awk -v k="$1" 'BEGIN {printf "%.1f MB", k / 1024}'; }
 verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN {ok = (op == "<=") ? v <= t : v >= t; print ok ? "met" : "**missed**"}'; }
+info_p50=$(kv "$work/lat_info.result" p50_us); info_p99=$(kv "$work/lat_info.result" p99_us)
+# The figures against an earlier build: only with the comparison.
+if [ -n "$baseline" ]; then
+  vs_rate="$cmp_c_rate_m vs $cmp_b_rate_m events/s: x$cmp_rate_x"; vs_rate_v=$(verdict "$cmp_rate_x" ">=" 1.5)
+  vs_cpu="$cmp_c_cpu_m µs vs $cmp_b_cpu_m µs: x$cmp_cpu_x"; vs_cpu_v=$(verdict "$cmp_cpu_x" "<=" 1)
+  vs_pg="$cmp_c_pg_m µs vs $cmp_b_pg_m µs: x$cmp_pg_x"; vs_pg_v=$(verdict "$cmp_pg_x" "<=" 0.5)
+  vs_wal="$cmp_c_wal_m B vs $cmp_b_wal_m B: x$cmp_wal_x"
+else
+  vs_rate="(no baseline run)"; vs_cpu=$vs_rate; vs_pg=$vs_rate; vs_wal=$vs_rate; vs_rate_v=n/a; vs_cpu_v=n/a; vs_pg_v=n/a
+fi
+baseline_name=${baseline:-be1b492}
+ret_verdict=$([ "$ret_wal_per" = n/a ] && echo "n/a (nothing removed)" || verdict "$ret_wal_per" "<=" 20)
 peak_hwm=$small_hwm
-for h in "$big_hwm" "$lat_hwm" "$flood_hwm"; do [ "$h" -gt "$peak_hwm" ] && peak_hwm=$h; done
+for h in "$big_hwm" "$lat_hwm" "$info_hwm" "$flood_hwm"; do [ "$h" -gt "$peak_hwm" ] && peak_hwm=$h; done
 hwm_growth=$(awk -v a="$small_hwm" -v b="$big_hwm" 'BEGIN {printf "%.1f", (b - a) / 1024}')
 
 cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
@@ -408,31 +607,43 @@ report=$work/report.md
   echo
   echo "| # | measure | result | target | verdict | Node.js bar |"
   echo "| --- | --- | --- | --- | --- | --- |"
-  echo "| 1 | capture overhead: insert tps with triggers vs without, synchronous_commit off (CPU-bound) | $overhead % ($with vs $plain tps) | at most 10 % | $(verdict "$overhead" "<=" 10) | |"
-  [ -n "$sync_overhead" ] && echo "| 1 | the same with durable commits (synchronous_commit on: flush-bound) | $sync_overhead % ($sync_relay vs $sync_plain tps) | at most 10 % | $(verdict "$sync_overhead" "<=" 10) | |"
+  [ -n "$sync_overhead" ] && echo "| 1 | capture overhead: insert tps with triggers vs without, durable commits (synchronous_commit on, Canvas's setting) | $sync_overhead % ($sync_relay vs $sync_plain tps) | at most 10 % | $(verdict "$sync_overhead" "<=" 10) | |"
+  echo "| 1 | capture overhead, synchronous_commit off (CPU-bound: the triggers' own cost) | $overhead % ($with vs $plain tps) | reported | | |"
   echo "| 2 | throughput: delivered/s over committed notifiable/s, 2 producers flat out | $ratio ($(kv "$work/flood.result" delivered_per_s) vs $(kv "$work/flood.result" committed_per_s) per s) | at least 0.98 | $(verdict "$ratio" ">=" 0.98) | |"
-  echo "| 3 | latency at $latency_rate changes/s, commit to receipt, p50 | $(ms "$lat_p50") | at most 0.5 ms | $(verdict "$lat_p50" "<=" 500) | 0.6-1.1 ms |"
-  echo "| 3 | latency p99 | $(ms "$lat_p99") | at most 2 ms | $(verdict "$lat_p99" "<=" 2000) | 3.4-4.5 ms |"
-  echo "| 3 | latency max | $(ms "$lat_max") | | | |"
+  echo "| 3 | latency at $latency_rate changes/s, commit to receipt, p50, relay at log level warn | $(ms "$lat_p50") | at most 0.5 ms | $(verdict "$lat_p50" "<=" 500) | 0.6-1.1 ms |"
+  echo "| 3 | the same at log level info (the default) | $(ms "$info_p50") | at most 0.5 ms | $(verdict "$info_p50" "<=" 500) | |"
+  echo "| 3 | latency p99, log level warn | $(ms "$lat_p99") | at most 2 ms | $(verdict "$lat_p99" "<=" 2000) | 3.4-4.5 ms |"
+  echo "| 3 | latency p99, log level info | $(ms "$info_p99") | at most 2 ms | $(verdict "$info_p99" "<=" 2000) | |"
+  echo "| 3 | latency max, warn / info | $(ms "$lat_max") / $(ms "$(kv "$work/lat_info.result" max_us)") | | | |"
   echo "| 3 | the same from the trigger's clock (before COMMIT), p50 / p99 / max | $(ms "$(kv "$work/lat.result" capture_p50_us)") / $(ms "$(kv "$work/lat.result" capture_p99_us)") / $(ms "$(kv "$work/lat.result" capture_max_us)") | | | |"
   echo "| 3c | latency with one Canvas transaction held open for ${held_seconds}s, per ${held_window}s window of commit time | $held_windows | flat | | p50 1.5 ms, p99 5 ms |"
   echo "| 3c | PostgreSQL CPU per event: plain stream vs with the held transaction | $lat_pg_us µs vs $held_pg_us µs | no growth | | |"
   echo "| 3c | relay CPU per event and VmHWM with the held transaction | $held_cpu_us µs, $(mb "$held_hwm") | flat | | |"
   echo "| 4 | backlog drain, $drain_events events, from relay start | $big_rate events/s | at least 30,000/s | $(verdict "$big_rate" ">=" 30000) | 10,000-14,000/s |"
+  echo "| 4 | backlog drain against $baseline_name, same run, $baseline_events events, median of $baseline_rounds each | $vs_rate | at least x1.5 | $vs_rate_v | |"
   echo "| 5 | relay CPU per event while draining | $big_cpu_us µs | at most 15 µs | $(verdict "$big_cpu_us" "<=" 15) | 50-85 µs |"
+  echo "| 5 | relay CPU per event while draining, against $baseline_name (as above) | $vs_cpu | not worse (x1 at most) | $vs_cpu_v | |"
   echo "| 5 | relay CPU per event, steady stream ($latency_rate/s) | $stream_cpu_us µs | below 270 µs | $(verdict "$stream_cpu_us" "<=" 270) | 270-300 µs |"
   echo "| 5 | relay peak RSS (VmHWM), largest of the measured runs | $(mb "$peak_hwm") | at most 20 MB | $(verdict "$((peak_hwm / 1024))" "<=" 20) | 92-147 MB |"
   echo "| 5 | peak RSS flat: backlog $drain_small vs $drain_events | $(mb "$small_hwm") vs $(mb "$big_hwm") (+$hwm_growth MB) | flat | $(verdict "$hwm_growth" "<=" 2) | |"
   echo "| 6 | classifier alone, created payload (JSON included) | $classifier_ns ns/change | | | |"
+  echo "| 11 | WAL per delivered event while draining $drain_events events (relay start to its exit after the last receipt) | $big_wal_b B | at most 60 B | $(verdict "$big_wal_b" "<=" 60) | |"
+  echo "| 11 | PostgreSQL CPU per delivered event while draining $drain_events events | $big_pg_us µs | | | |"
+  echo "| 11 | PostgreSQL CPU per event while draining, against $baseline_name (as row 4) | $vs_pg | at most x0.5 | $vs_pg_v | |"
+  echo "| 11 | WAL per event while draining, against $baseline_name (as row 4) | $vs_wal | reported | | |"
+  echo "| 11 | retention: WAL per removed outbox row | $ret_wal_per$([ "$ret_wal_per" = n/a ] || echo " B") ($ret_removed of $ret_rows rows removed in $ret_seconds s, $ret_wal_b B of WAL) | at most 20 B | $ret_verdict | |"
+  echo "| 11 | retention: dead tuples left in appointment_relay's tables | $ret_dead | none | $(verdict "$ret_dead" "<=" 0) | |"
   echo
   echo "Details:"
   echo
-  echo "- Capture: pgbench -c 2 -j 2, ${capture_seconds}s per run, ${capture_rounds} alternating rounds (medians in the table), single-row inserts (half api_appointment, half api_notestatechangeevent with CLD/RVT/CVD/NSW), synchronous_commit off so that the transactions' own work is measured and not the disk's flush time (the stricter measure: a flush-bound rate hides the triggers); a CHECKPOINT before each run; no relay running (the triggers' cost alone). tps without triggers: ${plain_tps[*]}; with: ${relay_tps[*]}. $sync_note"
-  echo "- Latency: $(kv "$work/lat.produced" changes) changes, $lat_n notifiable (cycle per appointment: created, BKD, cancelled, reverted, rescheduled, checked_in); p90 $(ms "$(kv "$work/lat.result" p90_us)"), mean $(ms "$(kv "$work/lat.result" mean_us)"), min $(ms "$(kv "$work/lat.result" min_us)") (negative: the webhook arrived before the producer, descheduled after its COMMIT returned, read its clock; the row above measures from the capturing trigger's clock_timestamp() instead, which is before the COMMIT and its WAL flush); missing $(kv "$work/lat.result" missing), duplicates $(kv "$work/lat.result" duplicates). Commit time: producer's clock right after COMMIT returns; receipt: the receiver's clock when the request is read."
+  echo "- Capture: pgbench -c 2 -j 2, ${capture_seconds}s per run, ${capture_rounds} alternating rounds (medians in the table), single-row inserts (half api_appointment, half api_notestatechangeevent with CLD/RVT/CVD/NSW), the target row with durable commits (Canvas's setting, where the flush wait dominates), the reported row with synchronous_commit off, so that the transactions' own work is measured and not the disk's flush time (the stricter measure: a flush-bound rate hides the triggers); a CHECKPOINT before each run; no relay running (the triggers' cost alone). tps without triggers: ${plain_tps[*]}; with: ${relay_tps[*]}. $sync_note"
+  echo "- Latency: $(kv "$work/lat.produced" changes) changes, $lat_n notifiable (cycle per appointment: created, BKD, cancelled, reverted, rescheduled, checked_in); p90 $(ms "$(kv "$work/lat.result" p90_us)"), mean $(ms "$(kv "$work/lat.result" mean_us)"), min $(ms "$(kv "$work/lat.result" min_us)") (negative: the webhook arrived before the producer, descheduled after its COMMIT returned, read its clock; the row above measures from the capturing trigger's clock_timestamp() instead, which is before the COMMIT and its WAL flush); missing $(kv "$work/lat.result" missing), duplicates $(kv "$work/lat.result" duplicates). Commit time: producer's clock right after COMMIT returns; receipt: the receiver's clock when the request is read. At log level info (a run of the same length and rate, one info line per delivered event to a file): p90 $(ms "$(kv "$work/lat_info.result" p90_us)"), relay CPU $info_cpu_us µs per event, VmHWM $(mb "$info_hwm")."
   echo "- Throughput: $(kv "$work/flood.produced" changes) changes, $flood_n notifiable in $(kv "$work/flood.produced" seconds)s; window from ${flood_warmup}s after the first commit to the last; last receipt $(kv "$work/flood.result" catch_up_ms) ms after the last commit; latency under this load p50 $(ms "$(kv "$work/flood.result" p50_us)"), p99 $(ms "$(kv "$work/flood.result" p99_us)"); relay CPU $flood_cpu_us µs per event; CPU use over the run (% of one core): $flood_split; VmHWM $(mb "$flood_hwm")."
-  echo "- Drain: $drain_events events (half created, half cancelled), inserted in ${big_insert_s}s in transactions of 10,000 rows before the relay starts; rate = events / (last receipt - relay start), start-up included; from the first receipt: $(kv "$work/drain_big.result" per_s_from_first)/s; first receipt $(kv "$work/drain_big.result" first_receipt_ms) ms after start. CPU from relay start to all recorded delivered: $big_split. Smaller backlog ($drain_small): $small_rate/s, $small_cpu_us µs per event. CPU per event: the relay's whole utime+stime (start-up included) over the events."
-  echo "- Steady stream: relay CPU (utime+stime) over the stream divided by its $lat_n notifiable events; VmHWM $(mb "$lat_hwm"). $info_note"
-  echo "- Relay at log level warn. Classifier: BM_created of bench/classifier_bench.cpp:"
+  echo "- Drain: $drain_events events (half created, half cancelled), inserted in ${big_insert_s}s in transactions of 10,000 rows before the relay starts; rate = events / (last receipt - relay start), start-up included; from the first receipt: $(kv "$work/drain_big.result" per_s_from_first)/s; first receipt $(kv "$work/drain_big.result" first_receipt_ms) ms after start. CPU from relay start to the last 2xx: $big_split. Smaller backlog ($drain_small): $small_rate/s, $small_cpu_us µs per event. CPU per event: the relay's whole utime+stime (start-up included) over the events."
+  echo "- Steady stream: relay CPU (utime+stime) over the stream divided by its $lat_n notifiable events; VmHWM $(mb "$lat_hwm")."
+  echo "- What the relay costs the database (issue 11; method in notes.md). Drain of $drain_events events: WAL from just before the relay starts (after VACUUM ANALYZE and a CHECKPOINT) to its exit, stopped as soon as the last event was received (its last outcome writes included), $big_wal_b B per event${big_wal_note:+ ($big_wal_note)}; to the last receipt, $big_wal_receipt_b B. PostgreSQL CPU: every postgres process's utime+stime over the same span, over the events. Events counted delivered by the relay's /metrics (2xx answers), checked against the receiver's record. Retention: the relay restarted with database.retention 1 s after a VACUUM ANALYZE and a CHECKPOINT; WAL from just before its start to the end of the wait (outbox empty, or no shrinking for ${retention_quiet}s after it began, or ${retention_limit}s): $ret_wal_b B for $ret_removed rows${ret_wal_note:+ ($ret_wal_note)}; dead tuples (pg_stat_user_tables after the relay's backends exited): $ret_dead_tables; tables of the schema vacuumed meanwhile: $ret_vacuums."
+  [ -n "$baseline" ] && echo "- Against $baseline ($build_type build of its own git worktree, same flags; its databases migrated by it): $baseline_rounds drains of $baseline_events events each, alternating (ABBA), one database each; the table gives medians. Per round, $baseline then this build: events/s ${cmp[b.rate]# } vs ${cmp[c.rate]# }; from the first receipt ${cmp[b.first]# } vs ${cmp[c.first]# } (medians $cmp_b_first_m vs $cmp_c_first_m); relay µs/event ${cmp[b.cpu]# } vs ${cmp[c.cpu]# }; PostgreSQL µs/event ${cmp[b.pg]# } vs ${cmp[c.pg]# }; WAL B/event ${cmp[b.wal]# } vs ${cmp[c.wal]# }. This build starts sending a lease (200 ms here) after it takes the leadership lock; $baseline has no lease."
+  echo "- Relay at log level warn except where info is said. Classifier: BM_created of bench/classifier_bench.cpp:"
   echo
   echo '```'
   grep -E '^(BM_|Benchmark|-)' "$work/classifier.txt" 2>/dev/null || echo "(classifier_bench not built: Google Benchmark missing)"
@@ -444,12 +655,13 @@ report=$work/report.md
 echo
 cat "$report"
 if [ $quick -eq 0 ]; then
-  mkdir -p bench/results
+  results=${BENCH_RESULTS_DIR:-bench/results}
+  mkdir -p "$results"
   stamp=$(date -u +%Y-%m-%d-%H%M)
-  cp "$report" bench/results/latest.md
-  cp "$report" "bench/results/$stamp.md"
-  [ -n "$profile_note" ] && cp "$work/profile-drain.txt" bench/results/profile-drain.txt
-  log "results written to bench/results/latest.md and bench/results/$stamp.md"
+  cp "$report" "$results/latest.md"
+  cp "$report" "$results/$stamp.md"
+  [ -n "$profile_note" ] && cp "$work/profile-drain.txt" "$results/profile-drain.txt"
+  log "results written to $results/latest.md and $results/$stamp.md"
 else
   out=$(mktemp -d /tmp/appointment-relay-bench-quick.XXXXXX)
   cp "$report" "$out/latest.md"
