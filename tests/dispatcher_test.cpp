@@ -440,6 +440,7 @@ TEST(dispatcher, should_end_an_attempt_the_client_never_answers_and_ignore_its_l
   s.endpoints = {endpoint_to("mute", "http://127.0.0.1:9/")};  // never connected to: the client is fake
   s.retry.base_delay = 10ms;
   s.retry.max_delay = 20ms;
+  s.record_flush_interval = 5ms;  // outcomes handed over within the waits below
   s.make_client = [client](executor, const url&, const http_client_options&) { return client; };
   auto d = make_dispatcher(io.get_executor(), s, source, m);
   d->activate("test", 1);

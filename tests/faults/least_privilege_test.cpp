@@ -19,6 +19,7 @@
 #include <pqxx/pqxx>
 
 #include "appointment_relay/store.hpp"
+#include "support/database_roles.hpp"
 
 // The database as a clinic deploys it: the roles and grants of the README (sql/privileges.sql, run as written
 // but for the names), `migrate` as the owner role, the daemon, `status` and `replay` as the daemon's role,
@@ -32,89 +33,7 @@ namespace fs = std::filesystem;
 
 constexpr const char* insufficient_privilege = "insufficient privilege";
 
-std::string read_text_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (!in) throw std::runtime_error("cannot read " + p.string());
-  return ss.str();
-}
-
 const fs::path sql_dir = fs::path(APPOINTMENT_RELAY_SOURCE_DIR) / "sql";
-
-// The file's SQL with the README's names replaced as its header says: whole words, case-sensitive, in every
-// line that is not a comment (comment lines are dropped).
-std::string with_names(const std::string& sql, const std::map<std::string, std::string>& names) {
-  static const std::regex word(R"(\b(relay_owner|relay|canvas_app|canvas)\b)");
-  std::istringstream in(sql);
-  std::string out, line;
-  while (std::getline(in, line)) {
-    auto first = line.find_first_not_of(" \t");
-    if (first != std::string::npos && line.compare(first, 2, "--") == 0) continue;
-    std::string replaced;
-    std::size_t last = 0;
-    for (auto it = std::sregex_iterator(line.begin(), line.end(), word); it != std::sregex_iterator(); ++it) {
-      auto found = names.find((*it)[1].str());
-      if (found == names.end()) throw std::runtime_error("no test name for " + (*it)[1].str());
-      replaced += line.substr(last, static_cast<std::size_t>(it->position()) - last) + found->second;
-      last = static_cast<std::size_t>(it->position() + it->length());
-    }
-    out += replaced + line.substr(last) + "\n";
-  }
-  return out;
-}
-
-// The same URL, connecting as another role (the test cluster trusts 127.0.0.1).
-std::string as_role(const std::string& url, const std::string& role) {
-  auto scheme = url.find("://");
-  auto start = scheme == std::string::npos ? 0 : scheme + 3;
-  auto at = url.find('@', start);
-  auto slash = url.find('/', start);
-  if (at != std::string::npos && (slash == std::string::npos || at < slash)) start = at + 1;
-  return url.substr(0, scheme == std::string::npos ? 0 : scheme + 3) + role + "@" + url.substr(start);
-}
-
-// Three login roles with names unique to this process, dropped at destruction. Roles are cluster-wide and
-// may own objects only in databases already dropped by then (declare this before the scratch_database).
-class test_roles {
- public:
-  test_roles() {
-    static std::atomic<int> counter{0};
-    auto base = "ar_lp_" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
-    owner = base + "_owner";
-    daemon = base + "_daemon";
-    app = base + "_app";
-    drop();  // a crashed run with the same pid may have left them
-  }
-  ~test_roles() { drop(); }
-  test_roles(const test_roles&) = delete;
-  test_roles& operator=(const test_roles&) = delete;
-
-  std::map<std::string, std::string> names(const scratch_database& db) const {
-    return {{"relay_owner", owner}, {"relay", daemon}, {"canvas_app", app}, {"canvas", db.name()}};
-  }
-
-  std::string owner, daemon, app;
-
- private:
-  void drop() {
-    try {
-      pqxx::connection c(*test_database_url());
-      pqxx::nontransaction tx(c);
-      tx.exec("DROP ROLE IF EXISTS " + owner + ", " + daemon + ", " + app);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "roles left behind: " << e.what();
-    }
-  }
-};
-
-// What a real Canvas has: its application role reads and writes its own tables (the test helpers' schema
-// canvas_test included). Not part of the relay's README.
-void create_canvas_application_role(const scratch_database& db, const std::string& app) {
-  db.exec("CREATE ROLE " + app + " LOGIN;" + "GRANT USAGE ON SCHEMA public, canvas_test TO " + app + ";" +
-          "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + app + ";" +
-          "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO " + app + ";");
-}
 
 // Runs sql on a fresh connection as url's role: "ok", "insufficient privilege" (SQLSTATE 42501) or another
 // error's message. (libpqxx 6.4 picks the exception class by SQLSTATE but leaves sqlstate() empty.)
@@ -188,7 +107,7 @@ class least_privilege : public ::testing::Test {
  protected:
   void SetUp() override {
     AR_REQUIRE_DATABASE();
-    roles_ = std::make_unique<test_roles>();
+    roles_ = std::make_unique<test_roles>("ar_lp_");
     db_ = std::make_unique<scratch_database>(false);
   }
   void TearDown() override {

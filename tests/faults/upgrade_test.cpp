@@ -22,6 +22,7 @@
 #include <pqxx/pqxx>
 
 #include "appointment_relay/store.hpp"
+#include "support/database_roles.hpp"
 
 // An installation of before the partitioned outbox, upgraded in place (issue 11): it was set up as the
 // README says (roles and grants of sql/privileges.sql, migrations 0001-0003 as the owner role), Canvas wrote
@@ -39,77 +40,6 @@ namespace fs = std::filesystem;
 
 const fs::path sql_dir = fs::path(APPOINTMENT_RELAY_SOURCE_DIR) / "sql";
 constexpr const char* endpoint_name = "default";  // the endpoint APPOINTMENT_RELAY_ENDPOINT_URL makes
-
-std::string read_text_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (!in) throw std::runtime_error("cannot read " + p.string());
-  return ss.str();
-}
-
-// The roles and grants below follow least_privilege_test.cpp, which runs the README's files as they are:
-// here they only set the installation up the same way.
-
-// sql/privileges.sql with the README's names replaced as its header says (whole words, comment lines out).
-std::string with_names(const std::string& sql, const std::map<std::string, std::string>& names) {
-  static const std::regex word(R"(\b(relay_owner|relay|canvas)\b)");
-  std::istringstream in(sql);
-  std::string out, line;
-  while (std::getline(in, line)) {
-    auto first = line.find_first_not_of(" \t");
-    if (first != std::string::npos && line.compare(first, 2, "--") == 0) continue;
-    std::string replaced;
-    std::size_t last = 0;
-    for (auto it = std::sregex_iterator(line.begin(), line.end(), word); it != std::sregex_iterator(); ++it) {
-      replaced +=
-          line.substr(last, static_cast<std::size_t>(it->position()) - last) + names.at((*it)[1].str());
-      last = static_cast<std::size_t>(it->position() + it->length());
-    }
-    out += replaced + line.substr(last) + "\n";
-  }
-  return out;
-}
-
-// The same URL, connecting as another role (the test cluster trusts 127.0.0.1).
-std::string as_role(const std::string& url, const std::string& role) {
-  auto scheme = url.find("://");
-  auto start = scheme == std::string::npos ? 0 : scheme + 3;
-  auto at = url.find('@', start);
-  auto slash = url.find('/', start);
-  if (at != std::string::npos && (slash == std::string::npos || at < slash)) start = at + 1;
-  return url.substr(0, scheme == std::string::npos ? 0 : scheme + 3) + role + "@" + url.substr(start);
-}
-
-// Three login roles unique to this process, dropped at destruction (declare before the scratch database:
-// they own objects in it).
-class test_roles {
- public:
-  test_roles() {
-    static std::atomic<int> counter{0};
-    auto base = "ar_up_" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
-    owner = base + "_owner";
-    daemon = base + "_daemon";
-    app = base + "_app";
-    drop();  // a crashed run with the same pid may have left them
-  }
-  ~test_roles() { drop(); }
-  test_roles(const test_roles&) = delete;
-  test_roles& operator=(const test_roles&) = delete;
-
-  std::string owner, daemon, app;
-
- private:
-  void drop() {
-    try {
-      pqxx::connection c(*test_database_url());
-      pqxx::nontransaction tx(c);
-      tx.exec("DROP ROLE IF EXISTS " + owner + ", " + daemon + ", " + app);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "roles left behind: " << e.what();
-    }
-  }
-};
 
 // One value (first column of the first row, "" for NULL) read on a fresh connection as url's role.
 std::string value_as(const std::string& url, const std::string& sql) {
@@ -268,7 +198,7 @@ class upgrade : public ::testing::Test {
  protected:
   void SetUp() override {
     AR_REQUIRE_DATABASE();
-    roles_ = std::make_unique<test_roles>();
+    roles_ = std::make_unique<test_roles>("ar_up_");
     db_ = std::make_unique<scratch_database>(false);
   }
   void TearDown() override {
@@ -285,12 +215,8 @@ class upgrade : public ::testing::Test {
   // The installation of before: the README's roles, only the migrations that existed then, as the owner.
   void install_with_migrations_before_0004() {
     const auto& r = *roles_;
-    db_->exec(with_names(read_text_file(sql_dir / "privileges.sql"),
-                         {{"relay_owner", r.owner}, {"relay", r.daemon}, {"canvas", db_->name()}}));
-    // Canvas's own application role, with rights on Canvas's tables only.
-    db_->exec("CREATE ROLE " + r.app + " LOGIN; GRANT USAGE ON SCHEMA public, canvas_test TO " + r.app +
-              "; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + r.app +
-              "; GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO " + r.app + ";");
+    db_->exec(with_names(read_text_file(sql_dir / "privileges.sql"), r.names(*db_)));
+    create_canvas_application_role(*db_, r.app);
     auto old_dir = fs::temp_directory_path() / ("ar_upgrade_migrations_" + std::to_string(::getpid()));
     fs::remove_all(old_dir);
     fs::create_directories(old_dir);
