@@ -512,8 +512,8 @@ TEST(store, should_report_status_replay_dead_letters_and_return_them_as_replayed
 void use_small_partitions(const scratch_database& db, store& s) {
   db.exec(
       "DO $$ DECLARE p text; BEGIN FOR p IN SELECT name FROM appointment_relay.outbox_partitions()"
-      " WHERE first_id IS NOT NULL LOOP EXECUTE format('DROP TABLE appointment_relay.%I', p); END LOOP; END "
-      "$$");
+      " WHERE first_id IS NOT NULL LOOP EXECUTE format('DROP TABLE appointment_relay.%I,"
+      " appointment_relay.%I', p, 'delivery_batch_p' || substr(p, 9)); END LOOP; END $$");
   ASSERT_EQ(s.add_partitions(2, 4), 4);
 }
 
@@ -558,6 +558,10 @@ TEST(store, should_drop_old_partitions_every_endpoint_is_done_with_keeping_dead_
   EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.outbox_partitions() WHERE end_id = 3"),
             "0")
       << "dropped, not emptied row by row";
+  EXPECT_EQ(db.query_value("SELECT to_regclass('appointment_relay.delivery_batch_p1') IS NULL"), "t")
+      << "its batch records go with it";
+  EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivery_batch"), "1")
+      << "the batch record of 4 and 6 starts in [3,5), which stays";
   EXPECT_EQ(s.status({"a"})[0].dead_by_reason, (std::map<std::string, std::int64_t>{{"x", 1}}));
 
   // The dead letter comes back from outbox_kept, whole.
@@ -583,8 +587,8 @@ TEST(store, should_empty_the_default_partition_once_its_rows_may_go) {
   store s(db.url());
   db.exec(
       "DO $$ DECLARE p text; BEGIN FOR p IN SELECT name FROM appointment_relay.outbox_partitions()"
-      " WHERE first_id IS NOT NULL LOOP EXECUTE format('DROP TABLE appointment_relay.%I', p); END LOOP; END "
-      "$$");
+      " WHERE first_id IS NOT NULL LOOP EXECUTE format('DROP TABLE appointment_relay.%I,"
+      " appointment_relay.%I', p, 'delivery_batch_p' || substr(p, 9)); END LOOP; END $$");
   auto p = add_patient(db);
   auto note = add_note(db, p.id);
   for (int i = 0; i < 3; ++i) book(db, p.id, note);  // no partition for them: the default takes them

@@ -2,7 +2,8 @@
 -- delivery row, which also locked its outbox row through the foreign key) and deleted again after retention
 -- (DELETE, then vacuum), each with its WAL, which replicas and backups carry too. Now:
 -- - A first-attempt success writes no row of its own: one appointment_relay.delivery_batch row per recorded
---   batch says which events it settled (ranges of ids) and when. Retried, dead and replayed events keep
+--   batch says which events it settled (ranges of ids) and when; batch records are dropped with their
+--   outbox partition. Retried, dead and replayed events keep
 --   their delivery rows, which now hold no foreign key (the outbox loses whole partitions at once).
 -- - The outbox is partitioned by id range; retention drops a partition once every endpoint is past it and
 --   its newest row is older than the retention (appointment_relay.drop_partition): no DELETE, no dead tuple.
@@ -114,9 +115,12 @@ CREATE TABLE appointment_relay.outbox_kept (LIKE appointment_relay.outbox INCLUD
 ALTER TABLE appointment_relay.outbox_kept ADD PRIMARY KEY (id);
 SELECT appointment_relay.owner_only('appointment_relay.outbox_kept', ARRAY['SELECT']);
 
--- What each recorded batch settled for an endpoint without a delivery row of its own: events delivered on
--- their first attempt, and events that were nothing to send there (ignored, not subscribed). done_ids holds
--- inclusive ranges as pairs [lo1, hi1, lo2, hi2, ...]; first_id and last_id bound them.
+-- What each recorded batch settled for an endpoint without a delivery row of its own: the events delivered
+-- on their first attempt. done_ids holds inclusive ranges as pairs [lo1, hi1, lo2, hi2, ...]; first_id and
+-- last_id bound them. Partitioned like the outbox, on first_id, with the same bounds: a batch record goes with
+-- the outbox partition its first event is in (drop_partition drops both; nothing is deleted row by row). A
+-- record that reaches into the next partition loses that part with it; that part is below every endpoint's
+-- watermark by then, so nothing reads it again.
 CREATE TABLE appointment_relay.delivery_batch (
   endpoint text NOT NULL,
   first_id bigint NOT NULL,
@@ -124,8 +128,18 @@ CREATE TABLE appointment_relay.delivery_batch (
   done_ids bigint[] NOT NULL,
   first_at timestamptz NOT NULL,
   last_at timestamptz NOT NULL
-);
+) PARTITION BY RANGE (first_id);
 CREATE INDEX delivery_batch_endpoint_last_id ON appointment_relay.delivery_batch (endpoint, last_id);
+CREATE TABLE appointment_relay.delivery_batch_default PARTITION OF appointment_relay.delivery_batch DEFAULT;
+DO $$
+BEGIN
+  EXECUTE pg_catalog.format(
+    'CREATE TABLE appointment_relay.delivery_batch_p0 PARTITION OF appointment_relay.delivery_batch'
+    ' FOR VALUES FROM (MINVALUE) TO (%s)',
+    (SELECT substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM 'TO \(''?(-?[0-9]+)''?\)')
+     FROM pg_catalog.pg_class c WHERE c.oid = 'appointment_relay.outbox_p0'::regclass));
+END
+$$;
 
 -- Every delivered event, however it was recorded: for status, tests and an event's history.
 CREATE VIEW appointment_relay.delivered_events AS
@@ -203,6 +217,11 @@ BEGIN
     EXECUTE format('ALTER TABLE appointment_relay.outbox ATTACH PARTITION appointment_relay.%I'
                    ' FOR VALUES FROM (%s) TO (%s)', part, lo, lo + width);
     PERFORM appointment_relay.owner_only(format('appointment_relay.%I', part)::regclass, ARRAY[]::text[]);
+    -- The batch records of the same ids.
+    part := 'delivery_batch_p' || lo;
+    EXECUTE format('CREATE TABLE appointment_relay.%I (LIKE appointment_relay.delivery_batch)', part);
+    EXECUTE format('ALTER TABLE appointment_relay.delivery_batch ATTACH PARTITION appointment_relay.%I'
+                   ' FOR VALUES FROM (%s) TO (%s)', part, lo, lo + width);
     lo := lo + width;
     made := made + 1;
   END LOOP;
@@ -212,9 +231,10 @@ $$;
 
 -- Removes the oldest partition (or empties outbox_default) when every listed endpoint is past all its rows,
 -- its newest row is older than `retention`, and none of its events is retrying or replayed anywhere. Dead
--- letters in it are copied to outbox_kept first, and its delivered events' delivery rows go with it.
--- Returns the outbox rows removed (0 for an empty partition), NULL when nothing may go now. One partition per call, so that a call that
--- cannot take its lock undoes little; the caller calls again while it returns more than 0.
+-- letters in it are copied to outbox_kept first; its batch records and its delivered events' delivery rows go
+-- with it. Returns the outbox rows removed (0 for an empty partition), NULL when nothing may go now. One
+-- partition per call, so that a call that cannot take its lock undoes little; the caller calls again until
+-- NULL.
 CREATE FUNCTION appointment_relay.drop_partition(endpoints text[], retention interval) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -233,10 +253,6 @@ BEGIN
   FROM unnest(endpoints) AS e(endpoint)
   LEFT JOIN appointment_relay.endpoint_cursor c ON c.endpoint = e.endpoint;
 
-  -- Batch records of events past retention that every endpoint is done with (history kept as long as the
-  -- events).
-  DELETE FROM appointment_relay.delivery_batch b
-  WHERE b.last_id <= done_floor AND b.last_at < now() - retention;
   -- Dead letters kept apart that were replayed and delivered since.
   DELETE FROM appointment_relay.outbox_kept k
   WHERE k.captured_at < now() - retention
@@ -261,6 +277,8 @@ BEGIN
     DELETE FROM appointment_relay.delivery d WHERE d.event_id BETWEEN lo AND hi AND d.state = 'delivered';
     EXECUTE format('SELECT count(*) FROM appointment_relay.%I', p.name) INTO removed;
     EXECUTE format('DROP TABLE appointment_relay.%I', p.name);
+    -- Its batch records (history kept as long as the events).
+    EXECUTE format('DROP TABLE IF EXISTS appointment_relay.%I', 'delivery_batch_p' || substr(p.name, 9));
     RETURN removed;
   END LOOP;
 
@@ -275,7 +293,7 @@ BEGIN
     ON CONFLICT (id) DO NOTHING;
     DELETE FROM appointment_relay.delivery d
     USING appointment_relay.outbox_default o WHERE d.event_id = o.id AND d.state = 'delivered';
-    TRUNCATE appointment_relay.outbox_default;
+    TRUNCATE appointment_relay.outbox_default, appointment_relay.delivery_batch_default;
     RETURN removed;
   END IF;
   RETURN NULL;
