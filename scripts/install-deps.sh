@@ -9,7 +9,8 @@ runtime=(libboost-system1.74.0 libpqxx-6.4 libspdlog1.10 libtomlplusplus3 libssl
 build=(g++ cmake ninja-build pkg-config make libboost-dev libboost-system-dev nlohmann-json3-dev libspdlog-dev
   libpqxx-dev libssl-dev libtomlplusplus-dev libsystemd-dev)
 test=(libgtest-dev libgmock-dev libbenchmark-dev postgresql postgresql-contrib openssl curl procps iproute2 clang
-  libclang-rt-14-dev)
+  libclang-rt-14-dev prometheus nodejs
+  scdoc dpkg-dev file lintian bash-completion)  # the Debian package's check (scripts/package.sh --build-dir)
 want=("${runtime[@]}")
 case "${1:-}" in
   --runtime) ;;
@@ -17,6 +18,12 @@ case "${1:-}" in
   "") want+=("${build[@]}" "${test[@]}") ;;
   *) echo "usage: $0 [--build|--runtime]" >&2; exit 2 ;;
 esac
+# kubectl and npm for the deploy/ checks: Debian's kubernetes-client and npm, unless a kubectl or an npm is
+# there already (another package of it, e.g. Node.js's own npm, would conflict with Debian's).
+if [ -z "${1:-}" ]; then
+  command -v kubectl >/dev/null || want+=(kubernetes-client)
+  command -v npm >/dev/null || want+=(npm)
+fi
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -1,12 +1,19 @@
 #include "appointment_relay/metrics.hpp"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <array>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <initializer_list>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <utility>
 
 #include "appointment_relay/version.hpp"
@@ -155,16 +162,114 @@ void append_sample(std::string& out, std::string_view name,
   out += '\n';
 }
 
+// The whole of a small /proc file; nullopt when it cannot be read.
+std::optional<std::string> read_proc_file(const char* path) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return std::nullopt;
+  return text;
+}
+
+template <class Number>
+bool parse_field(std::string_view s, Number& out) {
+  auto r = std::from_chars(s.data(), s.data() + s.size(), out);
+  return r.ec == std::errc() && r.ptr == s.data() + s.size();
+}
+
+void append_process_metrics(std::string& out, const process_stats& p) {
+  append_header(out, "process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
+                "counter");
+  append_sample(out, "process_cpu_seconds_total", {}, p.cpu_seconds);
+  append_header(out, "process_open_fds", "Number of open file descriptors.", "gauge");
+  append_sample(out, "process_open_fds", {}, p.open_fds);
+  append_header(out, "process_max_fds", "Maximum number of open file descriptors.", "gauge");
+  append_sample(out, "process_max_fds", {}, p.max_fds);
+  append_header(out, "process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge");
+  append_sample(out, "process_virtual_memory_bytes", {}, p.virtual_memory_bytes);
+  append_header(out, "process_resident_memory_bytes", "Resident memory size in bytes.", "gauge");
+  append_sample(out, "process_resident_memory_bytes", {}, p.resident_memory_bytes);
+  append_header(out, "process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
+                "gauge");
+  append_sample(out, "process_start_time_seconds", {}, p.start_time_seconds);
+}
+
 }  // namespace
+
+std::optional<process_stats> parse_proc_pid_stat(std::string_view text, long ticks_per_second, long page_size,
+                                                 double boot_time_seconds) {
+  if (ticks_per_second <= 0 || page_size <= 0) return std::nullopt;
+  const auto name_end = text.rfind(')');
+  if (name_end == std::string_view::npos) return std::nullopt;
+  // Field 3 (state) is the first after the name; field n is at index n - 3 of what follows.
+  std::array<std::string_view, 22> f{};  // fields 3 to 24
+  std::size_t n = 0;
+  std::size_t i = name_end + 1;
+  while (n < f.size()) {
+    while (i < text.size() && text[i] == ' ') ++i;
+    if (i >= text.size()) return std::nullopt;
+    const auto start = i;
+    while (i < text.size() && text[i] != ' ' && text[i] != '\n') ++i;
+    f[n++] = text.substr(start, i - start);
+  }
+  std::uint64_t utime = 0, stime = 0, starttime = 0, vsize = 0;
+  std::int64_t rss = 0;
+  if (!parse_field(f[14 - 3], utime) || !parse_field(f[15 - 3], stime) ||
+      !parse_field(f[22 - 3], starttime) || !parse_field(f[23 - 3], vsize) || !parse_field(f[24 - 3], rss))
+    return std::nullopt;
+  process_stats p;
+  const auto ticks = static_cast<double>(ticks_per_second);
+  p.cpu_seconds = static_cast<double>(utime + stime) / ticks;
+  p.start_time_seconds = boot_time_seconds + static_cast<double>(starttime) / ticks;
+  p.virtual_memory_bytes = vsize;
+  p.resident_memory_bytes =
+      rss > 0 ? static_cast<std::uint64_t>(rss) * static_cast<std::uint64_t>(page_size) : 0;
+  return p;
+}
+
+std::optional<double> parse_boot_time(std::string_view proc_stat) {
+  for (std::size_t i = 0; i < proc_stat.size();) {
+    auto end = proc_stat.find('\n', i);
+    if (end == std::string_view::npos) end = proc_stat.size();
+    const auto line = proc_stat.substr(i, end - i);
+    if (line.starts_with("btime ")) {
+      std::uint64_t seconds = 0;
+      if (!parse_field(line.substr(6), seconds)) return std::nullopt;
+      return static_cast<double>(seconds);
+    }
+    i = end + 1;
+  }
+  return std::nullopt;
+}
+
+std::optional<process_stats> read_process_stats() {
+  const auto stat = read_proc_file("/proc/self/stat");
+  const auto system_stat = read_proc_file("/proc/stat");
+  if (!stat || !system_stat) return std::nullopt;
+  const auto boot_time = parse_boot_time(*system_stat);
+  if (!boot_time) return std::nullopt;
+  auto p = parse_proc_pid_stat(*stat, ::sysconf(_SC_CLK_TCK), ::sysconf(_SC_PAGESIZE), *boot_time);
+  if (!p) return std::nullopt;
+  std::error_code ec;
+  // Counts the descriptor the iteration itself holds open, as the Prometheus client libraries do.
+  for (std::filesystem::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end; it.increment(ec))
+    ++p->open_fds;
+  if (ec) return std::nullopt;
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) p->max_fds = limit.rlim_cur;
+  return p;
+}
 
 struct metrics::impl {
   mutable std::mutex mutex;
-  two_label_map<kind_counters> by_kind;       // endpoint, kind
-  two_label_map<std::uint64_t> dead_letters;  // endpoint, reason
-  one_label_map<histogram> latency;           // endpoint
-  one_label_map<backlog> backlogs;            // endpoint
+  two_label_map<kind_counters> by_kind;        // endpoint, kind
+  two_label_map<std::uint64_t> dead_letters;   // endpoint, reason
+  one_label_map<histogram> latency;            // endpoint
+  one_label_map<backlog> backlogs;             // endpoint
+  one_label_map<std::string> endpoint_states;  // endpoint -> healthy | failing | open | paused
   std::uint64_t database_reconnects = 0;
   bool database_up = false;
+  bool leader = false;
 };
 
 metrics::metrics() : impl_(std::make_unique<impl>()) {}
@@ -210,9 +315,19 @@ void metrics::set_backlog(std::string_view endpoint, std::int64_t pending, doubl
   b.oldest_age_seconds = oldest_age_seconds;
 }
 
+void metrics::set_endpoint_state(std::string_view endpoint, std::string_view state) {
+  std::lock_guard lock(impl_->mutex);
+  series(impl_->endpoint_states, endpoint) = std::string(state);
+}
+
 void metrics::database_reconnect() {
   std::lock_guard lock(impl_->mutex);
   ++impl_->database_reconnects;
+}
+
+void metrics::set_leader(bool active) {
+  std::lock_guard lock(impl_->mutex);
+  impl_->leader = active;
 }
 
 void metrics::set_database_up(bool connected_and_listening) {
@@ -226,6 +341,8 @@ bool metrics::database_up() const {
 }
 
 std::string metrics::render() const {
+  // Read before taking the lock: the dispatcher's updates need not wait for /proc.
+  const auto process = read_process_stats();
   std::string out;
   out.reserve(4096);
   std::lock_guard lock(impl_->mutex);
@@ -280,14 +397,28 @@ std::string metrics::render() const {
     append_sample(out, "appointment_relay_oldest_pending_age_seconds", {{"endpoint", endpoint}},
                   b.oldest_age_seconds);
 
+  append_header(
+      out, "appointment_relay_endpoint_state",
+      "An endpoint's state: 1 for the one it is in (healthy, failing, open: the breaker, paused), else 0.",
+      "gauge");
+  for (const auto& [endpoint, state] : impl_->endpoint_states)
+    for (std::string_view each : {"healthy", "failing", "open", "paused"})
+      append_sample(out, "appointment_relay_endpoint_state", {{"endpoint", endpoint}, {"state", each}},
+                    std::int64_t{state == each ? 1 : 0});
   append_header(out, "appointment_relay_database_reconnects_total", "Reconnections to the database.",
                 "counter");
   append_sample(out, "appointment_relay_database_reconnects_total", {}, impl_->database_reconnects);
   append_header(out, "appointment_relay_database_up",
                 "1 when the database connection is up and listening for notifications, else 0.", "gauge");
   append_sample(out, "appointment_relay_database_up", {}, std::int64_t{impl_->database_up ? 1 : 0});
+  append_header(
+      out, "appointment_relay_leader",
+      "1 while this instance is the active one and delivers, 0 while it stands by or is not active.",
+      "gauge");
+  append_sample(out, "appointment_relay_leader", {}, std::int64_t{impl_->leader ? 1 : 0});
   append_header(out, "appointment_relay_build_info", "Build information; the value is always 1.", "gauge");
   append_sample(out, "appointment_relay_build_info", {{"version", version}}, std::int64_t{1});
+  if (process) append_process_metrics(out, *process);
   return out;
 }
 

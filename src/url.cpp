@@ -45,6 +45,49 @@ std::string url::to_string() const {
   return std::string(tls ? "https://" : "http://") + host_header() + target;
 }
 
+std::string mask_url(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  const auto scheme_end = text.find("://");
+  const std::size_t start = scheme_end == std::string_view::npos ? 0 : scheme_end + 3;
+  out.append(text.substr(0, start));
+  const auto authority_end = std::min(text.find_first_of("/?#", start), text.size());
+  const auto authority = text.substr(start, authority_end - start);
+  if (const auto at = authority.rfind('@'); at != std::string_view::npos) {
+    const auto colon = authority.find(':');
+    if (colon < at)
+      out.append(authority.substr(0, colon + 1)).append("***");
+    else
+      out.append("***");
+    out.append(authority.substr(at));
+  } else {
+    out.append(authority);
+  }
+  const auto fragment = std::min(text.find('#', authority_end), text.size());
+  const auto query = std::min(text.find('?', authority_end), fragment);
+  out.append(text.substr(authority_end, query - authority_end));  // the path
+  if (query < fragment) {
+    out += '?';
+    const auto params = text.substr(query + 1, fragment - query - 1);
+    for (std::size_t i = 0; i <= params.size();) {
+      const auto amp = std::min(params.find('&', i), params.size());
+      const auto param = params.substr(i, amp - i);
+      const auto eq = param.find('=');
+      if (eq == std::string_view::npos)
+        out.append(param.empty() ? "" : "***");
+      else
+        out.append(param.substr(0, eq + 1)).append(eq + 1 < param.size() ? "***" : "");
+      if (amp < params.size()) out += '&';
+      i = amp + 1;
+    }
+  }
+  if (fragment + 1 < text.size())
+    out.append("#***");
+  else if (fragment < text.size())
+    out += '#';
+  return out;
+}
+
 std::optional<url> parse_url(std::string_view text, std::string* error) {
   url out;
   const std::size_t scheme_end = text.find("://");

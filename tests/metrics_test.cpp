@@ -1,7 +1,10 @@
 #include "appointment_relay/metrics.hpp"
 
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -146,10 +149,11 @@ TEST(metrics, should_end_every_line_with_a_newline_and_only_use_comment_or_sampl
     ASSERT_FALSE(l.empty());
     if (l[0] == '#') {
       EXPECT_TRUE(l.rfind("# HELP appointment_relay_", 0) == 0 ||
-                  l.rfind("# TYPE appointment_relay_", 0) == 0)
+                  l.rfind("# TYPE appointment_relay_", 0) == 0 || l.rfind("# HELP process_", 0) == 0 ||
+                  l.rfind("# TYPE process_", 0) == 0)
           << l;
     } else {
-      EXPECT_EQ(l.rfind("appointment_relay_", 0), 0u) << l;
+      EXPECT_TRUE(l.rfind("appointment_relay_", 0) == 0 || l.rfind("process_", 0) == 0) << l;
       EXPECT_NE(l.find(' '), std::string::npos) << l;
     }
   }
@@ -180,6 +184,88 @@ TEST(metrics, should_count_exactly_under_concurrent_updates) {
       "20000");
   EXPECT_EQ(value_of(text, R"(appointment_relay_delivery_latency_seconds_count{endpoint="crm"})"), "20000");
   EXPECT_FALSE(during.empty());
+}
+
+TEST(metrics, should_render_the_leader_gauge_as_the_relay_last_set_it) {
+  metrics m;
+  EXPECT_TRUE(has_line(m.render(), "# TYPE appointment_relay_leader gauge"));
+  EXPECT_TRUE(has_line(m.render(), "appointment_relay_leader 0"));  // not active until told so
+  m.set_leader(true);
+  EXPECT_TRUE(has_line(m.render(), "appointment_relay_leader 1"));
+  m.set_leader(false);
+  EXPECT_TRUE(has_line(m.render(), "appointment_relay_leader 0"));
+}
+
+TEST(metrics, should_read_the_process_figures_from_proc_pid_stat_counting_fields_after_the_last_paren) {
+  // A name with spaces and parentheses, as a process may give itself (prctl PR_SET_NAME).
+  const std::string stat =
+      "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 130 0 0 20 0 3 0 5000 123456789 2048 "
+      "18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 17 1 0 0 0 0 0\n";
+  auto p = parse_proc_pid_stat(stat, 100, 4096, 1700000000);
+  ASSERT_TRUE(p);
+  EXPECT_DOUBLE_EQ(p->cpu_seconds, 3.8);                // (250 + 130) ticks / 100
+  EXPECT_DOUBLE_EQ(p->start_time_seconds, 1700000050);  // boot + 5000 ticks / 100
+  EXPECT_EQ(p->virtual_memory_bytes, 123456789u);       // bytes already
+  EXPECT_EQ(p->resident_memory_bytes, 2048u * 4096u);   // pages
+  EXPECT_EQ(p->open_fds, 0u);
+}
+
+TEST(metrics, should_refuse_a_proc_pid_stat_text_it_cannot_read) {
+  EXPECT_FALSE(parse_proc_pid_stat("", 100, 4096, 0));
+  EXPECT_FALSE(parse_proc_pid_stat("1234 no paren S 1 2 3", 100, 4096, 0));
+  EXPECT_FALSE(
+      parse_proc_pid_stat("1234 (short) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 130", 100, 4096, 0));
+  // utime not a number
+  EXPECT_FALSE(parse_proc_pid_stat(
+      "1 (x) S 1 1 1 0 -1 0 0 0 0 0 2x5 130 0 0 20 0 3 0 5000 123456789 2048 0\n", 100, 4096, 0));
+  const std::string good = "1 (x) S 1 1 1 0 -1 0 0 0 0 0 250 130 0 0 20 0 3 0 5000 123456789 2048 0\n";
+  EXPECT_TRUE(parse_proc_pid_stat(good, 100, 4096, 0));
+  EXPECT_FALSE(parse_proc_pid_stat(good, 0, 4096, 0));
+}
+
+TEST(metrics, should_find_the_boot_time_in_proc_stat) {
+  EXPECT_EQ(parse_boot_time("cpu  1 2 3\nintr 5\nbtime 1733000000\nprocesses 9\n"), 1733000000.0);
+  EXPECT_FALSE(parse_boot_time("cpu  1 2 3\nprocesses 9\n"));
+  EXPECT_FALSE(parse_boot_time("btime soon\n"));
+}
+
+TEST(metrics, should_read_plausible_figures_of_this_process) {
+  auto before = read_process_stats();
+  ASSERT_TRUE(before);
+  const double now =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  EXPECT_GT(before->resident_memory_bytes, 1u << 20);
+  EXPECT_GE(before->virtual_memory_bytes, before->resident_memory_bytes);
+  EXPECT_GT(before->start_time_seconds, now - 3600);  // this test binary started within the hour
+  EXPECT_LE(before->start_time_seconds, now + 1);
+  EXPECT_GE(before->cpu_seconds, 0.0);
+  EXPECT_GE(before->open_fds, 3u);  // stdin, stdout, stderr
+  EXPECT_GE(before->max_fds, before->open_fds);
+
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  auto after = read_process_stats();
+  ::close(fds[0]);
+  ::close(fds[1]);
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->open_fds, before->open_fds + 2);
+}
+
+TEST(metrics, should_render_the_process_families_with_this_process_figures) {
+  metrics m;
+  const std::string text = m.render();
+  for (const auto& [name, type] : std::vector<std::pair<std::string, std::string>>{
+           {"process_cpu_seconds_total", "counter"},
+           {"process_open_fds", "gauge"},
+           {"process_max_fds", "gauge"},
+           {"process_virtual_memory_bytes", "gauge"},
+           {"process_resident_memory_bytes", "gauge"},
+           {"process_start_time_seconds", "gauge"},
+       }) {
+    EXPECT_TRUE(has_line(text, "# TYPE " + name + " " + type)) << name << "\n" << text;
+    EXPECT_NE(value_of(text, name), "") << name << "\n" << text;
+  }
+  EXPECT_GT(std::stod(value_of(text, "process_resident_memory_bytes")), 1 << 20) << text;
 }
 
 }  // namespace

@@ -80,5 +80,29 @@ TEST(url, should_refuse_anything_else_with_a_clear_message) {
   EXPECT_FALSE(parse_url("nonsense"));  // error is optional
 }
 
+TEST(url, should_mask_query_values_user_information_and_fragment_but_keep_the_rest) {
+  struct row {
+    std::string in;
+    std::string out;
+  };
+  for (const auto& r : std::vector<row>{
+           {"https://hooks.example.com/in?token=s3cret", "https://hooks.example.com/in?token=***"},
+           {"https://h/a/b?x=1&sig=abc&empty=&flag", "https://h/a/b?x=***&sig=***&empty=&***"},
+           {"http://h:8080/hook", "http://h:8080/hook"},
+           {"https://h/?", "https://h/?"},
+           {"https://h/p?a=1#frag", "https://h/p?a=***#***"},
+           {"https://h/p#", "https://h/p#"},
+           {"https://user:pa:ss@h/x?k=v", "https://user:***@h/x?k=***"},
+           {"https://ghp_token@h/x", "https://***@h/x"},
+           {"https://u:p@[::1]:9/x", "https://u:***@[::1]:9/x"},
+           {"https://h/path@not-user", "https://h/path@not-user"},  // '@' after the authority: not user info
+           {"postgresql://relay:pw@db/canvas?sslpassword=x&sslmode=require",
+            "postgresql://relay:***@db/canvas?sslpassword=***&sslmode=***"},
+           {"not a url?key=value", "not a url?key=***"},
+           {"", ""},
+       })
+    EXPECT_EQ(mask_url(r.in), r.out) << r.in;
+}
+
 }  // namespace
 }  // namespace appointment_relay

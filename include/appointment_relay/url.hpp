@@ -19,4 +19,11 @@ struct url {
 // Empty optional and an explanation in *error for anything else (userinfo is refused: secrets in URLs leak).
 std::optional<url> parse_url(std::string_view text, std::string* error = nullptr);
 
+// text, shaped like a URL (parsed or not: an error may quote what it refused), with what may be a credential
+// replaced by "***": the value of each query parameter (the names kept, so that one sees which are set), a
+// parameter without '=', the fragment, and the user information ("user:***@" when it has a password, else
+// "***@": a token may stand alone there). For check-config, logs and errors: a receiver's URL often carries
+// its token (https://hooks.example.com/in?token=...). Pure.
+std::string mask_url(std::string_view text);
+
 }  // namespace appointment_relay
