@@ -8,12 +8,15 @@
 namespace appointment_relay::cli {
 namespace {
 
-constexpr std::array<std::pair<std::string_view, command>, 7> command_names{{
+constexpr std::array<std::pair<std::string_view, command>, 10> command_names{{
     {"run", command::run},
     {"migrate", command::migrate},
     {"check-config", command::check_config},
     {"status", command::status},
     {"replay", command::replay},
+    {"pause", command::pause},
+    {"resume", command::resume},
+    {"health", command::health},
     {"version", command::version},
     {"help", command::help},
 }};
@@ -130,8 +133,8 @@ std::variant<invocation, usage_error> parse_command_line(const std::vector<std::
     return usage_error{std::move(message)};
   };
   auto takes_value = [](std::string_view name) {
-    return name == "--config" || name == "-c" || name == "--endpoint" || name == "--event-id" ||
-           name == "--since" || name == "--until";
+    return name == "--config" || name == "-c" || name == "--endpoint" || name == "--reason" ||
+           name == "--event-id" || name == "--since" || name == "--until" || name == "--admin";
   };
 
   for (std::size_t i = 0; i < args.size(); ++i) {
@@ -177,7 +180,9 @@ std::variant<invocation, usage_error> parse_command_line(const std::vector<std::
         inv.help = true;
         return inv;
       }
-    return err("no command given (run, migrate, check-config, status, replay, version, help)");
+    return err(
+        "no command given (run, migrate, check-config, status, replay, pause, resume, health, version, "
+        "help)");
   }
   inv.cmd = *cmd;
   if (*cmd == command::help) {
@@ -195,6 +200,14 @@ std::variant<invocation, usage_error> parse_command_line(const std::vector<std::
     } else if ((n == "--config" || n == "-c") && takes_config(*cmd)) {
       if (o.value->empty()) return err("option '" + n + "' needs a file name");
       inv.config_path = *o.value;
+    } else if (n == "--admin" && *cmd == command::health) {
+      if (o.value->empty()) return err("option '--admin' needs an address such as 127.0.0.1:9187");
+      inv.admin = *o.value;
+    } else if (n == "--endpoint" && (*cmd == command::pause || *cmd == command::resume)) {
+      if (o.value->empty()) return err("option '--endpoint' needs an endpoint name");
+      inv.endpoint = *o.value;
+    } else if (n == "--reason" && *cmd == command::pause) {
+      inv.reason = *o.value;
     } else if (n == "--json" && *cmd == command::status) {
       inv.json = true;
     } else if (n == "--all" && *cmd == command::replay) {
@@ -221,6 +234,10 @@ std::variant<invocation, usage_error> parse_command_line(const std::vector<std::
   }
 
   if (inv.help) return inv;
+  if (*cmd == command::health && inv.admin && inv.config_path)
+    return err("health: give --admin or --config, not both");
+  if ((*cmd == command::pause || *cmd == command::resume) && inv.endpoint.empty())
+    return err(cmd_name + ": say which endpoint: --endpoint NAME");
   if (*cmd == command::replay) {
     const auto& r = inv.replay;
     bool narrowed = r.endpoint || r.event_id || r.since || r.until;
@@ -245,6 +262,9 @@ std::string help_text(command c) {
           "  check-config   validate the configuration and print it, secrets masked\n"
           "  status         show the outbox: pending, dead-lettered and delivered events per endpoint\n"
           "  replay         queue dead-lettered events for delivery again\n"
+          "  pause          stop sending to one endpoint (its events wait) until 'resume'\n"
+          "  resume         let a paused endpoint's waiting events go out again, in order\n"
+          "  health         ask a running relay's admin server whether it is alive (exit 0 or 1)\n"
           "  version        print the version\n"
           "  help [COMMAND] show this overview or a command's help\n\n"
           "Global options:\n";
@@ -348,6 +368,50 @@ std::string help_text(command c) {
       t += exit_codes_text;
       t += "\nExample:\n  appointment-relay replay --endpoint crm --since 2024-05-01T00:00:00Z -c "
            "relay.toml\n";
+      return t;
+    case command::pause:
+    case command::resume:
+      t = c == command::pause
+              ? "Usage: appointment-relay pause [--config FILE] --endpoint NAME [--reason TEXT]\n\n"
+                "Pauses an endpoint: the running relay (leader or standby, any instance) sends "
+                "nothing more to it\n"
+                "within a second (NOTIFY); requests in flight finish. Its events wait, in order, "
+                "and none is\n"
+                "dead-lettered for the pause. The pause is kept in the database: a restart keeps "
+                "it. 'status'\n"
+                "shows who paused it, when and why.\n\n"
+              : "Usage: appointment-relay resume [--config FILE] --endpoint NAME\n\n"
+                "Resumes a paused endpoint: its waiting events go out again, in order, within a "
+                "second.\n\n";
+      t += "Options:\n";
+      t += config_option_text;
+      t += "  --endpoint NAME     the endpoint, as named in the configuration ([endpoints.NAME])\n";
+      if (c == command::pause) t += "  --reason TEXT       why, shown by 'status' and in the relay's log\n";
+      t += "\nEnvironment:\n  APPOINTMENT_RELAY_DATABASE_URL (or _FILE) and the others of 'appointment-relay "
+           "--help'.\n\n";
+      t += exit_codes_text;
+      t += c == command::pause
+               ? "\nExample:\n  appointment-relay pause --endpoint crm --reason \"CRM maintenance "
+                 "until 14:00\" -c relay.toml\n"
+               : "\nExample:\n  appointment-relay resume --endpoint crm -c relay.toml\n";
+      return t;
+    case command::health:
+      t = "Usage: appointment-relay health [--config FILE | --admin HOST:PORT]\n\n"
+          "Asks a running relay's admin server for /healthz and prints one line: 'healthy: ...' and exit 0\n"
+          "when it answers 200 within 2 s, else 'unhealthy: ...' (refused, no answer, another status, the\n"
+          "admin server disabled, a configuration that cannot be read) and exit 1. For a container's\n"
+          "HEALTHCHECK or a script: it needs no curl. The address is --admin, else admin.listen of the\n"
+          "configuration (--config FILE and the environment), else APPOINTMENT_RELAY_ADMIN_LISTEN, else\n"
+          "127.0.0.1:9187; a wildcard address (0.0.0.0, [::]) is asked on the loopback address.\n\n"
+          "Options:\n";
+      t += config_option_text;
+      t += "  --admin HOST:PORT   the admin server's address (127.0.0.1:9187, [::1]:9187); no configuration\n"
+           "                      is read\n\n"
+           "Exit codes:\n"
+           "  0   healthy\n"
+           "  1   not healthy, or not reachable\n"
+           "  2   bad command line\n"
+           "\nExample:\n  appointment-relay health --admin 127.0.0.1:9187\n";
       return t;
     case command::version:
       return "Usage: appointment-relay version (or --version)\n\n"

@@ -257,6 +257,54 @@ struct source {
     return *d;
   }
 
+  // Static headers: a table (Name = "value") or an array of "Name: value" strings in the file; lines of
+  // "Name: value" in the environment. Names are HTTP tokens, values have no control characters, and no name
+  // the relay sets itself (or a hop-by-hop one) is accepted.
+  header_list headers() const {
+    std::vector<std::pair<std::string, std::string>> raw;
+    auto split = [&](std::string_view line) {
+      auto colon = line.find(':');
+      if (colon == std::string_view::npos) fail("expected \"Name: value\", got '" + std::string(line) + "'");
+      raw.emplace_back(std::string(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
+    };
+    if (!node) {
+      std::size_t start = 0;
+      while (start <= text.size()) {
+        auto end = text.find('\n', start);
+        if (end == std::string::npos) end = text.size();
+        if (auto line = trim(std::string_view(text).substr(start, end - start)); !line.empty()) split(line);
+        start = end + 1;
+      }
+    } else if (auto* t = node->as_table()) {
+      for (auto&& [k, v] : *t) {
+        if (!v.is_string()) fail("header " + std::string(k.str()) + ": expected a string value");
+        raw.emplace_back(std::string(k.str()), *v.value<std::string>());
+      }
+    } else if (node->is_array()) {
+      for (const auto& line : list()) split(line);
+    } else {
+      fail("expected a table of header names and values, got " + std::string(type_name(*node)));
+    }
+    for (const auto& [name, value] : raw) check_header(name, value);
+    return raw;
+  }
+
+  void check_header(const std::string& name, const std::string& value) const {
+    static constexpr std::string_view tchar = "!#$%&'*+-.^_`|~";
+    bool token = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || tchar.find(c) != std::string_view::npos;
+    });
+    if (!token) fail("'" + name + "' is not a valid header name");
+    if (reserved_header(lower(name)))
+      fail("header " + name + " is set by the relay itself and cannot be given");
+    // Never the value in the message: it may be a credential.
+    if (std::any_of(value.begin(), value.end(), [](char c) {
+          auto u = static_cast<unsigned char>(c);
+          return (u < 0x20 && c != '\t') || u == 0x7f;
+        }))
+      fail("header " + name + ": the value has a control character (CR, LF, ...; value not shown)");
+  }
+
   std::vector<std::string> list() const {
     if (!node) return split_list(text);
     auto* arr = node->as_array();
@@ -311,6 +359,8 @@ enum class secrecy {
   plain,
   database_password,  // the password inside a libpq URI or conninfo is masked
   signing_secrets,    // every secret of the list is masked
+  header_values,      // "Name: value" lines whose values are masked
+  endpoint_url,       // user information, query values and fragment masked (mask_url)
 };
 
 // What SIGHUP does with a changed value: what src/relay.cpp (run_relay) hands to the running components.
@@ -445,14 +495,23 @@ std::vector<notification_kind> parse_kinds(const source& s) {
   return kinds;
 }
 
+// headers and header_files add to one list; a name given twice is a mistake, not an override.
+void add_headers(endpoint_config& ep, const source& s, header_list more) {
+  for (auto& h : more) {
+    auto same = [&](const auto& have) { return lower(have.first) == lower(h.first); };
+    if (std::any_of(ep.headers.begin(), ep.headers.end(), same)) s.fail("header " + h.first + " given twice");
+    ep.headers.push_back(std::move(h));
+  }
+}
+
 // Every endpoint key applies on a reload: dispatcher::reconfigure adds, changes in place and retires lanes.
-const std::array<key_row<endpoint_config>, 10> endpoint_keys{{
-    {"endpoints", "url", applies, plain, required,
+const std::array<key_row<endpoint_config>, 18> endpoint_keys{{
+    {"endpoints", "url", applies, endpoint_url, required,
      [](endpoint_config& ep, const source& s) {
        auto text = std::string(trim(s.str()));
        std::string err;
        auto u = parse_url(text, &err);
-       if (!u) s.fail(err + ": '" + text + "'");
+       if (!u) s.fail(err + ": '" + mask_url(text) + "'");
        ep.target = *u;
      },
      [](const endpoint_config& ep) -> key_value { return ep.target.to_string(); }},
@@ -493,6 +552,51 @@ const std::array<key_row<endpoint_config>, 10> endpoint_keys{{
     {"endpoints", "verify_peer", applies, plain, has_default,
      [](endpoint_config& ep, const source& s) { ep.tls.verify_peer = s.boolean(); },
      [](const endpoint_config& ep) -> key_value { return ep.tls.verify_peer; }},
+    {"endpoints", "headers", applies, header_values, has_default,
+     [](endpoint_config& ep, const source& s) { add_headers(ep, s, s.headers()); },
+     [](const endpoint_config& ep) -> key_value {
+       std::vector<std::string> lines;
+       for (const auto& [name, value] : ep.headers) lines.push_back(name + ": " + value);
+       return lines;
+     }},
+    // Name -> file: the file's content (trailing newlines trimmed) is the value, for credentials.
+    {"endpoints", "header_files", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) {
+       header_list read;
+       for (auto [name, path] : s.headers()) {
+         std::string err;
+         auto content = read_text_file(path, &err);
+         if (!content) s.fail("header " + name + ": cannot read '" + path + "': " + err);
+         while (!content->empty() && (content->back() == '\n' || content->back() == '\r'))
+           content->pop_back();
+         s.check_header(name, *content);
+         read.emplace_back(std::move(name), std::move(*content));
+       }
+       add_headers(ep, s, std::move(read));
+     },
+     nullptr},
+    {"endpoints", "rate_limit", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.rate_limit = static_cast<int>(s.integer(0, 100'000)); },
+     [](const endpoint_config& ep) -> key_value { return std::int64_t{ep.rate_limit}; }},
+    {"endpoints", "rate_limit_burst", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) {
+       ep.rate_limit_burst = static_cast<int>(s.integer(0, 100'000));
+     },
+     [](const endpoint_config& ep) -> key_value { return std::int64_t{ep.rate_limit_burst}; }},
+    {"endpoints", "backfill", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.backfill = s.duration(0ms, true); },
+     [](const endpoint_config& ep) -> key_value { return ep.backfill; }},
+    {"endpoints", "breaker_failures", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) {
+       ep.breaker_failures = static_cast<int>(s.integer(0, 1'000'000));
+     },
+     [](const endpoint_config& ep) -> key_value { return std::int64_t{ep.breaker_failures}; }},
+    {"endpoints", "breaker_after", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.breaker_after = s.duration(0ms, false); },
+     [](const endpoint_config& ep) -> key_value { return ep.breaker_after; }},
+    {"endpoints", "breaker_probe_max", applies, plain, has_default,
+     [](endpoint_config& ep, const source& s) { ep.breaker_probe_max = s.duration(10ms, false); },
+     [](const endpoint_config& ep) -> key_value { return ep.breaker_probe_max; }},
 }};
 
 // Names that need no file: the url and the secrets of endpoint "default". They win over the long names.
@@ -530,6 +634,11 @@ key_value masked(secrecy secret, key_value v) {
       return mask_database_url(std::get<std::string>(v));
     case signing_secrets:
       for (auto& s : std::get<std::vector<std::string>>(v)) s = "whsec_***";
+      break;
+    case endpoint_url:
+      return mask_url(std::get<std::string>(v));
+    case header_values:
+      for (auto& s : std::get<std::vector<std::string>>(v)) s = s.substr(0, s.find(':')) + ": ***";
       break;
   }
   return v;
@@ -798,6 +907,10 @@ config finish(builder& b) {
     for (const auto& k : endpoint_keys)
       if (k.need == required && !given(ep.given, k))
         throw config_error(ep.origin + ": " + key + "." + std::string(k.name) + ": missing");
+    if (ep.cfg.backfill > b.cfg.database.retention)
+      throw config_error(ep.origin + ": " + key + ".backfill (" + format_duration(ep.cfg.backfill) +
+                         ") is longer than database.retention (" + format_duration(b.cfg.database.retention) +
+                         "): nothing older is kept");
     // No secret is allowed (the endpoint gets unsigned webhooks); `run` warns about it at start.
     if (ep.cfg.tls.client_cert_file.empty() != ep.cfg.tls.client_key_file.empty())
       throw config_error(ep.origin + ": " + key + ": client_cert_file and client_key_file go together");
@@ -824,10 +937,13 @@ std::string mask_uri(const std::string& url) {
   while (pos <= out.size()) {
     auto amp = out.find('&', pos);
     auto end = amp == std::string::npos ? out.size() : amp;
-    if (std::string_view(out).substr(pos, end - pos).starts_with("password=")) {
-      out.replace(pos + 9, end - pos - 9, "***");
-      end = pos + 9 + 3;
-    }
+    const auto param = std::string_view(out).substr(pos, end - pos);
+    for (std::string_view key : {"password=", "sslpassword="})
+      if (param.starts_with(key)) {
+        out.replace(pos + key.size(), end - pos - key.size(), "***");
+        end = pos + key.size() + 3;
+        break;
+      }
     if (amp == std::string::npos) break;
     pos = end + 1;
   }
@@ -863,7 +979,7 @@ std::string mask_conninfo(const std::string& s) {
       while (v < n && !space(v)) v += s[v] == '\\' ? 2 : 1;
       v = std::min(v, n);
     }
-    if (key == "password")
+    if (key == "password" || key == "sslpassword")
       out += "***";
     else
       out.append(s, k, v - k);
@@ -873,6 +989,27 @@ std::string mask_conninfo(const std::string& s) {
 }
 
 }  // namespace
+
+bool reserved_header(std::string_view name) {
+  static constexpr std::array<std::string_view, 17> reserved{"host",
+                                                             "content-type",
+                                                             "content-length",
+                                                             "transfer-encoding",
+                                                             "connection",
+                                                             "keep-alive",
+                                                             "proxy-connection",
+                                                             "te",
+                                                             "trailer",
+                                                             "upgrade",
+                                                             "expect",
+                                                             "user-agent",
+                                                             "webhook-id",
+                                                             "webhook-timestamp",
+                                                             "webhook-signature",
+                                                             "traceparent",
+                                                             "tracestate"};
+  return std::find(reserved.begin(), reserved.end(), name) != reserved.end();
+}
 
 config load_config(const std::optional<std::filesystem::path>& file,
                    const std::map<std::string, std::string>& env) {

@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <thread>
 
@@ -84,6 +85,9 @@ struct state {
     return endpoint_names;
   }
   std::vector<std::string> endpoint_names = settings.endpoints;
+  std::map<std::string, milliseconds> backfill = settings.backfill;
+  std::set<std::string> started;  // worker thread: endpoints given their start on this connection
+  std::map<std::string, endpoint_health_update> health;  // to write, the latest per endpoint
   const db_worker_callbacks callbacks;
   metrics& m;
   int wake_fd = -1;
@@ -273,6 +277,47 @@ void write_records(state& s, store& db) {
   }
 }
 
+// Worker thread: endpoints never seen by the installation get their first watermark (store::start_endpoints)
+// before their first read, so that a new one starts where its backfill says, not at the oldest event.
+void start_endpoints(state& s, store& db, std::vector<std::string> names) {
+  std::map<std::string, milliseconds> backfill;
+  {
+    std::lock_guard lock(s.mutex);
+    std::erase_if(names, [&](const auto& n) { return s.started.contains(n); });
+    backfill = s.backfill;
+  }
+  if (names.empty()) return;
+  for (const auto& st : db.start_endpoints(names, backfill))
+    spdlog::info("endpoint {} seen for the first time: starts after event {} ({})", st.endpoint, st.start_id,
+                 st.reason);
+  std::lock_guard lock(s.mutex);
+  s.started.insert(names.begin(), names.end());
+}
+
+void write_health(state& s, store& db) {
+  std::map<std::string, endpoint_health_update> taken;
+  {
+    std::lock_guard lock(s.mutex);
+    taken.swap(s.health);
+  }
+  if (taken.empty()) return;
+  std::vector<endpoint_health_update> updates;
+  for (auto& [name, u] : taken) updates.push_back(u);
+  try {
+    db.save_health(updates);
+  } catch (...) {
+    std::lock_guard lock(s.mutex);
+    for (auto& [name, u] : taken) s.health.emplace(name, std::move(u));  // a newer one wins
+    throw;
+  }
+}
+
+void post_controls(state& s, store& db, bool initial) {
+  s.post([cb = s.callbacks.on_control, controls = db.endpoint_controls(), initial]() mutable {
+    if (cb) cb(std::move(controls), initial);
+  });
+}
+
 void run_fetches(state& s, store& db) {
   std::deque<fetch_command> taken;
   {
@@ -300,6 +345,7 @@ void run_fetches(state& s, store& db) {
         }
         s.read_begun[taken.front().endpoint] = s.news;
       }
+      start_endpoints(s, db, {taken.front().endpoint});
       auto rows = db.read_pending(taken.front().endpoint, taken.front().limit);
       s.answer(taken.front(), std::move(rows));
       taken.pop_front();
@@ -313,24 +359,47 @@ void run_fetches(state& s, store& db) {
 
 // Retention and partitions are housekeeping: a lock not had now (a transaction holds the outbox), or an id
 // that landed in a partition being made, is tried again at the next tick, never a reason to reconnect.
-template <class F>
-void housekeeping(const char* what, F&& run) {
-  try {
-    run();
-  } catch (const pqxx::sql_error& e) {
-    spdlog::warn("database: {}: {}; trying again later", what, one_line(e.what()));
+// A lock timeout (100 ms, set by the functions) is routine while a reader or a Canvas transaction holds
+// the outbox: info, and a warning only once the same task has failed for `patience` without a success.
+class housekeeping_task {
+ public:
+  explicit housekeeping_task(const char* what, steady::duration patience = std::chrono::minutes(1))
+      : what_(what), patience_(patience) {}
+
+  template <class F>
+  void operator()(F&& run) {
+    try {
+      run();
+      failing_since_.reset();
+    } catch (const pqxx::sql_error& e) {
+      auto now = steady::now();
+      if (!failing_since_) failing_since_ = now;
+      bool lock_timeout = e.sqlstate() == "55P03";
+      if (lock_timeout && now - *failing_since_ < patience_)
+        spdlog::info("database: {}: a lock was busy; trying again later", what_);
+      else
+        spdlog::warn("database: {}: {}; trying again later", what_, one_line(e.what()));
+    }
   }
-}
+
+ private:
+  const char* what_;
+  steady::duration patience_;
+  std::optional<steady::time_point> failing_since_;
+};
 
 // The leader's loop; returns when stopping (records flushed), throws when the connection is lost.
 void active_loop(state& s, store& db) {
   auto next_tick = steady::now() + s.settings.poll_interval;
   auto next_purge = steady::now() + std::chrono::seconds(5);
   auto next_heartbeat = steady::now() + s.settings.heartbeat;
+  housekeeping_task make_partitions{"making outbox partitions"};
+  housekeeping_task retention{"retention"};
   for (;;) {
     // Reads first: they are on the latency path, outcome writes are not.
     if (!s.is_stopping()) run_fetches(s, db);
     write_records(s, db);
+    write_health(s, db);
     if (s.is_stopping()) {
       write_records(s, db);  // what was recorded while the last write ran: stop() comes after it
       return;
@@ -341,9 +410,11 @@ void active_loop(state& s, store& db) {
       next_heartbeat = now + s.settings.heartbeat;
     }
     s.confirm(db);
+    if (db.take_control_news()) post_controls(s, db, false);
     if (now >= next_tick) {
       next_tick = now + s.settings.poll_interval;
       s.on_news();
+      post_controls(s, db, false);  // in case a notification was missed
       // Backlog and oldest pending event per endpoint, from the database (the dispatcher only knows its
       // window): the figures /metrics shows.
       const auto endpoints = s.endpoints();
@@ -351,7 +422,7 @@ void active_loop(state& s, store& db) {
         for (const auto& st : db.status(endpoints))
           s.m.set_backlog(st.endpoint, st.backlog, st.oldest_pending_age_seconds.value_or(0.0));
       }
-      housekeeping("making outbox partitions", [&] {
+      make_partitions([&] {
         if (auto n = db.add_partitions(partition_width, partitions_ahead); n > 0)
           spdlog::info("database: made {} outbox partitions of {} ids ahead of the captured rows", n,
                        partition_width);
@@ -359,7 +430,7 @@ void active_loop(state& s, store& db) {
       if (now >= next_purge) {
         next_purge = now + purge_every;
         if (!endpoints.empty()) {
-          housekeeping("retention", [&] {
+          retention([&] {
             auto n = db.purge(s.settings.retention, endpoints);
             if (n > 0) spdlog::info("database: retention dropped {} delivered outbox rows", n);
           });
@@ -429,11 +500,17 @@ void run(std::shared_ptr<state> sp) {
       db.listen();
       db.reset_read_positions();
       auto id = db.installation_id();
+      {
+        std::lock_guard lock(s.mutex);
+        s.started.clear();
+      }
+      start_endpoints(s, db, s.endpoints());
       active = true;
       failures = 0;
       spdlog::info("database: connected and active (installation {})", id);
       s.m.set_database_up(true);  // before the io side hears of it: /readyz agrees with "active"
       s.begin_session(id);
+      post_controls(s, db, true);
       s.post_wake();
       active_loop(s, db);
       break;
@@ -504,9 +581,17 @@ class worker final : public db_worker {
     state_->signal();
   }
 
-  void set_endpoints(std::vector<std::string> names) override {
+  void set_endpoints(std::vector<std::string> names, std::map<std::string, milliseconds> backfill) override {
     std::lock_guard lock(state_->mutex);
     state_->endpoint_names = std::move(names);
+    state_->backfill = std::move(backfill);
+  }
+
+  void save_health(endpoint_health_update u) override {
+    std::lock_guard lock(state_->mutex);
+    auto name = u.endpoint;
+    state_->health.insert_or_assign(std::move(name), std::move(u));
+    state_->signal();
   }
 
   void stop(std::chrono::milliseconds flush_deadline) override {

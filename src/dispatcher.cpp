@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <random>
 #include <unordered_map>
 
@@ -121,6 +122,7 @@ class lane : public std::enable_shared_from_this<lane> {
         flush_timer_(ex_),
         rng_(std::random_device{}()) {
     apply(std::move(setup));
+    show_state();
   }
 
   const std::string& name() const { return cfg_.name; }
@@ -138,6 +140,8 @@ class lane : public std::enable_shared_from_this<lane> {
     max_pending_ = setup.max_pending;
     batch_ = setup.batch;
     flush_interval_ = setup.flush_interval;
+    tokens_ = burst();  // a changed limit starts with a full bucket
+    tokens_at_us_ = unix_us_now();
     if (!setup.client) return;
     auto old = std::exchange(client_, std::move(setup.client));
     if (!old) return;
@@ -174,6 +178,39 @@ class lane : public std::enable_shared_from_this<lane> {
     maybe_fetch();
   }
 
+  // The database's word on this endpoint (null: no row, so neither paused nor open). Pauses always apply;
+  // the health only when initial (right after activation): later, this lane's own is newer.
+  void control(const endpoint_control* c, bool initial) {
+    const auto now_ms = unix_ms_now();
+    if (initial && c && c->health.health != health_) {
+      health_ = c->health.health;
+      health_since_ms_ = c->health.since_ms.value_or(now_ms);
+      last_failure_ = c->health.reason;
+      failures_ = health_ == endpoint_health::healthy ? 0 : std::max(failures_, 1);
+      probe_delay_ms_ = std::max<std::int64_t>(c->health.probe_delay_ms, first_probe_delay());
+      probe_at_ms_ = c->health.probe_at_ms.value_or(now_ms);
+      if (health_ == endpoint_health::open)
+        spdlog::warn(
+            "endpoint={} breaker open (as the database has it, since {} s ago): sending only probes, "
+            "the next in {} ms; last error: {}",
+            cfg_.name, (now_ms - health_since_ms_) / 1000, std::max<std::int64_t>(0, probe_at_ms_ - now_ms),
+            last_failure_);
+      show_state();
+    }
+    const bool pause = c && c->paused;
+    if (pause == paused_) return;
+    paused_ = pause;
+    if (pause)
+      spdlog::warn(
+          "endpoint={} paused by {} reason=\"{}\": nothing is sent to it until it is resumed; its "
+          "events wait in order",
+          cfg_.name, c->paused_by, c->pause_reason);
+    else
+      spdlog::info("endpoint={} resumed: its waiting events go out in order", cfg_.name);
+    show_state();
+    if (!paused_) pump();
+  }
+
   // Stop sending and reading; attempts in flight run to their end.
   void drain() {
     draining_ = true;
@@ -197,6 +234,19 @@ class lane : public std::enable_shared_from_this<lane> {
   // Hands every recorded outcome and the watermark to the source now.
   void flush() {
     flush_armed_ = false;
+    if (health_dirty_) {
+      health_dirty_ = false;
+      endpoint_health_update h;
+      h.endpoint = cfg_.name;
+      h.health = health_;
+      h.reason = health_ == endpoint_health::healthy ? std::string() : last_failure_;
+      h.since_ms = health_since_ms_;
+      if (health_ == endpoint_health::open) {
+        h.probe_at_ms = probe_at_ms_;
+        h.probe_delay_ms = probe_delay_ms_;
+      }
+      source_.save_health(std::move(h));
+    }
     if (auto through = done_through()) outcomes_.done_through(*through, acked_read_);
     if (outcomes_.empty()) return;
     auto taken = outcomes_.take();
@@ -215,6 +265,8 @@ class lane : public std::enable_shared_from_this<lane> {
     items_.clear();
     outcomes_.reset_watermark();
     retry_timer_.cancel();
+    retry_armed_ = false;
+    probe_id_.reset();
     read_top_ = -1;
     acked_read_ = 0;
     fetching_ = false;
@@ -334,25 +386,121 @@ class lane : public std::enable_shared_from_this<lane> {
     outcomes_.add(std::move(u));
   }
 
-  // Sends what may go now, up to max_in_flight; then waits for the earliest retry time, if any.
+  // Sends what may go now, up to max_in_flight and the rate limit; then waits for the earliest retry time,
+  // if any. Nothing while paused or held by a Retry-After; only a probe while the breaker is open.
   void pump() {
-    if (!active_ || draining_) return;
+    if (!active_ || draining_ || paused_) return;
     const auto now_ms = unix_ms_now();
+    if (now_ms < hold_until_ms_) {
+      arm_timer(hold_until_ms_, now_ms);
+      return;
+    }
+    if (health_ == endpoint_health::open) {
+      probe(now_ms);
+      return;
+    }
     while (attempts_.size() < static_cast<std::size_t>(cfg_.max_in_flight)) {
+      if (auto wait_ms = token_wait_ms(); wait_ms > 0) {
+        arm_timer(now_ms + wait_ms, now_ms);
+        break;
+      }
       auto id = order_.take(now_ms);
       if (!id) break;
+      if (cfg_.rate_limit > 0) tokens_ -= 1.0;
       send(*id, now_ms);
     }
-    arm_retry_timer(now_ms);
+    if (auto due = order_.next_due()) arm_timer(*due, now_ms);
   }
 
-  void arm_retry_timer(std::int64_t now_ms) {
-    auto due = order_.next_due();
-    if (!due || (retry_armed_ && retry_due_ms_ <= *due)) return;
+  // The breaker is open: one attempt at a time, the head that has waited longest, at the probe time (the
+  // attempts in flight when it opened end first).
+  void probe(std::int64_t now_ms) {
+    if (probe_id_ || !attempts_.empty()) return;
+    if (now_ms < probe_at_ms_) {
+      arm_timer(probe_at_ms_, now_ms);
+      return;
+    }
+    auto id = order_.take(std::numeric_limits<std::int64_t>::max());
+    if (!id) return;  // nothing to probe with: the next event is
+    probe_id_ = *id;
+    spdlog::info("probe event={} endpoint={} (breaker open)", *id, cfg_.name);
+    send(*id, now_ms);
+  }
+
+  int burst() const {
+    return cfg_.rate_limit_burst > 0 ? cfg_.rate_limit_burst : std::max(1, cfg_.rate_limit / 10);
+  }
+
+  // Token bucket: 0 when a request may go now, else how long until one may (ms, at least 1).
+  std::int64_t token_wait_ms() {
+    if (cfg_.rate_limit <= 0) return 0;
+    const auto now_us = unix_us_now();
+    tokens_ = std::min<double>(burst(),
+                               tokens_ + static_cast<double>(now_us - tokens_at_us_) * cfg_.rate_limit / 1e6);
+    tokens_at_us_ = now_us;
+    if (tokens_ >= 1.0) return 0;
+    return std::max<std::int64_t>(1,
+                                  static_cast<std::int64_t>((1.0 - tokens_) * 1000.0 / cfg_.rate_limit) + 1);
+  }
+
+  std::int64_t first_probe_delay() const {
+    return std::min<std::int64_t>(1000, cfg_.breaker_probe_max.count());
+  }
+
+  // What the state gauge and status show: paused over the breaker's state.
+  void show_state() { metrics_.set_endpoint_state(cfg_.name, paused_ ? "paused" : to_string(health_)); }
+
+  void on_success(std::int64_t id, std::int64_t now_ms) {
+    if (health_ == endpoint_health::healthy) return;
+    if (health_ == endpoint_health::open)
+      spdlog::info(
+          "endpoint={} breaker closed: event={} delivered after {} s open; the backlog resumes in order",
+          cfg_.name, id, (now_ms - health_since_ms_) / 1000);
+    health_ = endpoint_health::healthy;
+    failures_ = 0;
+    health_since_ms_ = now_ms;
+    health_dirty_ = true;
+    show_state();
+  }
+
+  void on_failure(bool was_probe, const std::string& why, std::int64_t now_ms) {
+    ++failures_;
+    last_failure_ = why;
+    if (health_ == endpoint_health::open) {
+      if (!was_probe) return;
+      probe_delay_ms_ = std::min<std::int64_t>(probe_delay_ms_ * 2, cfg_.breaker_probe_max.count());
+      probe_at_ms_ = now_ms + probe_delay_ms_;
+      health_dirty_ = true;
+      return;
+    }
+    if (health_ == endpoint_health::healthy) {
+      health_ = endpoint_health::failing;
+      health_since_ms_ = now_ms;
+      health_dirty_ = true;
+      show_state();
+    }
+    if (cfg_.breaker_failures > 0 && failures_ >= cfg_.breaker_failures &&
+        now_ms - health_since_ms_ >= cfg_.breaker_after.count()) {
+      health_ = endpoint_health::open;
+      probe_delay_ms_ = first_probe_delay();
+      probe_at_ms_ = now_ms + probe_delay_ms_;
+      health_dirty_ = true;
+      spdlog::warn(
+          "endpoint={} breaker open: {} failed attempts in a row over {} s, the last: {}; only a probe "
+          "goes out now, the first in {} ms; events wait, none is dead-lettered for it",
+          cfg_.name, failures_, (now_ms - health_since_ms_) / 1000, why, probe_delay_ms_);
+      health_since_ms_ = now_ms;
+      show_state();
+    }
+  }
+
+  // One timer wakes the lane for whatever comes first: a retry time, a token, the end of a hold, a probe.
+  void arm_timer(std::int64_t due, std::int64_t now_ms) {
+    if (retry_armed_ && retry_due_ms_ <= due) return;
     retry_armed_ = true;
-    retry_due_ms_ = *due;
-    retry_timer_.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(0, *due - now_ms)));
-    retry_timer_.async_wait([weak = weak_from_this(), due = *due](error_code ec) {
+    retry_due_ms_ = due;
+    retry_timer_.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(0, due - now_ms)));
+    retry_timer_.async_wait([weak = weak_from_this(), due](error_code ec) {
       auto self = weak.lock();
       if (!self || ec || self->retry_due_ms_ != due) return;  // cancelled, or re-armed for an earlier time
       self->retry_armed_ = false;
@@ -366,7 +514,8 @@ class lane : public std::enable_shared_from_this<lane> {
     if (!it.first_attempt_ms) it.first_attempt_ms = now_ms;
     const auto timestamp = now_ms / 1000;
     header_list headers;
-    headers.reserve(3);
+    headers.reserve(3 + cfg_.headers.size());
+    headers.insert(headers.end(), cfg_.headers.begin(), cfg_.headers.end());
     headers.emplace_back("webhook-id", it.webhook_id);
     headers.emplace_back("webhook-timestamp", std::to_string(timestamp));
     if (!keys_.empty())
@@ -427,9 +576,43 @@ class lane : public std::enable_shared_from_this<lane> {
     const auto now_ms = unix_ms_now();
     std::uniform_real_distribution<double> jitter(0.0, 1.0);
     const auto age = std::chrono::milliseconds(now_ms - it.first_attempt_ms.value_or(now_ms));
-    const auto d = decide(retry_, attempt_result{r.status, r.error, r.retry_after}, it.attempts, age,
-                          now_ms / 1000, jitter(rng_));
-    const std::string outcome = r.status > 0 ? std::to_string(r.status) : r.error;
+    auto d = decide(retry_, attempt_result{r.status, r.error, r.retry_after}, it.attempts, age, now_ms / 1000,
+                    jitter(rng_));
+    const bool was_probe = probe_id_ == a.event_id;
+    if (was_probe) probe_id_.reset();
+    // Endpoint health: a failed attempt counts, unless the event itself was refused (a 4xx that is not
+    // retried), the receiver asked to slow down (429), or the attempt was cut by a reconfiguration.
+    const bool failed =
+        d.what == verdict::retry || (d.what == verdict::dead && d.cause != dead_cause::http_status);
+    const bool counts = failed && r.status != 429 && r.error != "endpoint reconfigured";
+    if (d.what == verdict::delivered) {
+      on_success(a.event_id, now_ms);
+    } else if (counts) {
+      on_failure(was_probe, r.status > 0 ? "http " + std::to_string(r.status) : r.error, now_ms);
+    }
+    if (health_ == endpoint_health::open) {
+      // While the breaker is open an event waits for it to close: the attempt limit does not end it (max_age
+      // still does, and says so). A failed probe's event is tried again as the next probe.
+      if (d.what == verdict::dead && d.cause == dead_cause::max_attempts) {
+        d.what = verdict::retry;
+        d.cause = dead_cause::none;
+      }
+      if (d.what == verdict::dead && d.cause == dead_cause::max_age)
+        d.reason += " (the endpoint's breaker was open)";
+      if (d.what == verdict::retry)
+        d.delay = std::chrono::milliseconds(std::max<std::int64_t>(0, probe_at_ms_ - now_ms));
+    }
+    // 429, or any answer with Retry-After: the endpoint asked for a pause; nothing goes to it until then.
+    if (d.what == verdict::retry && (r.status == 429 || r.retry_after) &&
+        now_ms + d.delay.count() > hold_until_ms_) {
+      hold_until_ms_ = now_ms + d.delay.count();
+      spdlog::warn("endpoint={} asked to wait ({}): nothing is sent to it for {} ms", cfg_.name,
+                   r.status > 0 ? "http " + std::to_string(r.status) + " Retry-After" : r.error,
+                   d.delay.count());
+    }
+    // status=N when a response was read, else error="..." (a JSON log keeps status a number).
+    const std::string outcome =
+        r.status > 0 ? "status=" + std::to_string(r.status) : "status=0 error=\"" + r.error + "\"";
     const auto latency_ms = static_cast<double>(r.latency.count()) / 1000.0;
     const auto kind = to_string(it.kind);
 
@@ -442,15 +625,14 @@ class lane : public std::enable_shared_from_this<lane> {
     u.replayed = it.replayed;
     switch (d.what) {
       case verdict::delivered:
-        spdlog::info(
-            "delivered event={} kind={} appointment={} endpoint={} attempt={} status={} latency_ms={:.1f}",
-            a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms);
+        spdlog::info("delivered event={} kind={} appointment={} endpoint={} attempt={} {} latency_ms={:.1f}",
+                     a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms);
         metrics_.delivered(cfg_.name, kind, static_cast<double>(unix_us_now() - it.captured_at_us) / 1e6);
         u.state = delivery_state::delivered;
         break;
       case verdict::retry:
         spdlog::warn(
-            "retry event={} kind={} appointment={} endpoint={} attempt={} status={} latency_ms={:.1f} "
+            "retry event={} kind={} appointment={} endpoint={} attempt={} {} latency_ms={:.1f} "
             "next_in_ms={}",
             a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms, d.delay.count());
         metrics_.retry(cfg_.name, kind);
@@ -460,7 +642,7 @@ class lane : public std::enable_shared_from_this<lane> {
         break;
       case verdict::dead:
         spdlog::error(
-            "dead letter event={} kind={} appointment={} endpoint={} attempt={} status={} latency_ms={:.1f} "
+            "dead letter event={} kind={} appointment={} endpoint={} attempt={} {} latency_ms={:.1f} "
             "reason=\"{}\"",
             a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms, d.reason);
         metrics_.dead_letter(cfg_.name, dead_letter_label(d.cause, r.status));
@@ -532,6 +714,20 @@ class lane : public std::enable_shared_from_this<lane> {
   bool waiting_ = false;  // the outstanding fetch waits in the source for news
   bool draining_ = false;
   std::mt19937_64 rng_;
+
+  // Endpoint health and control.
+  bool paused_ = false;  // by `pause`: nothing is sent
+  endpoint_health health_ = endpoint_health::healthy;
+  bool health_dirty_ = false;  // to be saved with the next outcomes
+  int failures_ = 0;           // failed attempts in a row
+  std::int64_t health_since_ms_ = 0;
+  std::string last_failure_;
+  std::int64_t probe_at_ms_ = 0;          // open: when the next probe may go
+  std::int64_t probe_delay_ms_ = 0;       // open: the delay before it (doubles up to breaker_probe_max)
+  std::optional<std::int64_t> probe_id_;  // open: the event of the probe in flight
+  double tokens_ = 0;                     // rate_limit's bucket
+  std::int64_t tokens_at_us_ = 0;
+  std::int64_t hold_until_ms_ = 0;  // a 429 / Retry-After: nothing goes out before
 };
 
 class dispatcher_impl final : public dispatcher {
@@ -562,6 +758,14 @@ class dispatcher_impl final : public dispatcher {
 
   void wake() override {
     for (auto& l : lanes_) l->wake();
+  }
+
+  void control(const std::vector<endpoint_control>& controls, bool initial) override {
+    for (auto& l : lanes_) {
+      auto c = std::find_if(controls.begin(), controls.end(),
+                            [&](const auto& x) { return x.health.endpoint == l->name(); });
+      l->control(c == controls.end() ? nullptr : &*c, initial);
+    }
   }
 
   void reconfigure(const dispatcher_settings& settings) override {

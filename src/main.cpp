@@ -1,6 +1,11 @@
 // appointment-relay: the command line. Every command but `run` is a short one-shot against the database.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 
 #include <malloc.h>
@@ -9,6 +14,7 @@
 
 #include "appointment_relay/cli.hpp"
 #include "appointment_relay/config.hpp"
+#include "appointment_relay/health.hpp"
 #include "appointment_relay/logging.hpp"
 #include "appointment_relay/relay.hpp"
 #include "appointment_relay/store.hpp"
@@ -25,13 +31,43 @@ std::vector<std::string> endpoint_names(const ar::config& cfg) {
   return names;
 }
 
+std::string unix_ms_text(std::optional<std::int64_t> ms) {
+  if (!ms) return "";
+  std::time_t t = static_cast<std::time_t>(*ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// What status shows of an endpoint's state: paused over the breaker's.
+std::string state_of(const ar::endpoint_control& c) {
+  return c.paused ? "paused" : ar::to_string(c.health.health);
+}
+
 int print_status(const ar::config& cfg, bool json) {
   ar::store db(cfg.database.url);
   auto report = db.status(endpoint_names(cfg));
   if (json) {
     auto out = nlohmann::json::array();
     for (const auto& s : report) {
+      const auto& c = s.control;
+      nlohmann::json state = {{"state", state_of(c)}, {"health", ar::to_string(c.health.health)}};
+      if (c.health.health != ar::endpoint_health::healthy) {
+        state["since"] = unix_ms_text(c.health.since_ms);
+        state["reason"] = c.health.reason;
+      }
+      if (c.health.health == ar::endpoint_health::open)
+        state["next_probe"] = unix_ms_text(c.health.probe_at_ms);
+      if (c.paused)
+        state["paused"] = {
+            {"by", c.paused_by}, {"at", unix_ms_text(c.paused_at_ms)}, {"reason", c.pause_reason}};
+      if (c.start_id)
+        state["start"] = {
+            {"after_event", *c.start_id}, {"at", unix_ms_text(c.started_at_ms)}, {"reason", c.start_reason}};
       out.push_back({{"endpoint", s.endpoint},
+                     {"state", state},
                      {"backlog", s.backlog},
                      {"oldest_pending_age_seconds", s.oldest_pending_age_seconds
                                                         ? nlohmann::json(*s.oldest_pending_age_seconds)
@@ -44,8 +80,21 @@ int print_status(const ar::config& cfg, bool json) {
   for (const auto& s : report) {
     std::int64_t dead = 0;
     for (const auto& [reason, n] : s.dead_by_reason) dead += n;
-    std::printf("endpoint %s\n  backlog: %lld pending\n", s.endpoint.c_str(),
-                static_cast<long long>(s.backlog));
+    const auto& c = s.control;
+    std::printf("endpoint %s\n  state: %s\n", s.endpoint.c_str(), state_of(c).c_str());
+    if (c.paused)
+      std::printf("  paused by %s at %s: %s\n", c.paused_by.c_str(), unix_ms_text(c.paused_at_ms).c_str(),
+                  c.pause_reason.empty() ? "(no reason given)" : c.pause_reason.c_str());
+    if (c.health.health != ar::endpoint_health::healthy)
+      std::printf("  %s since %s: %s\n",
+                  c.health.health == ar::endpoint_health::open ? "breaker open" : "failing",
+                  unix_ms_text(c.health.since_ms).c_str(), c.health.reason.c_str());
+    if (c.health.health == ar::endpoint_health::open)
+      std::printf("  next probe at %s\n", unix_ms_text(c.health.probe_at_ms).c_str());
+    if (c.start_id)
+      std::printf("  started after event %lld at %s (%s)\n", static_cast<long long>(*c.start_id),
+                  unix_ms_text(c.started_at_ms).c_str(), c.start_reason.c_str());
+    std::printf("  backlog: %lld pending\n", static_cast<long long>(s.backlog));
     if (s.oldest_pending_age_seconds)
       std::printf("  oldest pending: %.1f s old\n", *s.oldest_pending_age_seconds);
     std::printf("  dead letters: %lld\n", static_cast<long long>(dead));
@@ -67,6 +116,64 @@ int replay(const ar::config& cfg, const cli::replay_filter& f) {
   return cli::exit_ok;
 }
 
+// health: 0 or 1 only, whatever went wrong (a HEALTHCHECK reads any other code as a failure of the probe
+// itself). The address: --admin, else the configuration's admin.listen, else APPOINTMENT_RELAY_ADMIN_LISTEN,
+// else the default. Without --config only that variable is read: the probe needs no database URL or secret.
+int health(const cli::invocation& inv, const std::optional<std::filesystem::path>& file) {
+  std::string listen = ar::config{}.admin.listen;
+  if (inv.admin) {
+    listen = *inv.admin;
+  } else if (file) {
+    try {
+      listen = ar::load_config(file, ar::relay_environment()).admin.listen;
+    } catch (const std::exception& e) {
+      std::printf("unhealthy: configuration error: %s\n", e.what());
+      return cli::exit_failure;
+    }
+  } else if (const char* v = std::getenv("APPOINTMENT_RELAY_ADMIN_LISTEN"); v != nullptr) {
+    listen = v;
+  }
+  // Under a HEALTHCHECK's usual 3 s timeout, so the probe prints its own reason.
+  const auto r = ar::check_health(listen, std::chrono::seconds(2));
+  std::printf("%s\n", r.message.c_str());
+  return r.healthy ? cli::exit_ok : cli::exit_failure;
+}
+
+// Who paused: the login name (the one behind sudo, if any) at this host.
+std::string operator_name() {
+  std::string who;
+  for (const char* var : {"SUDO_USER", "USER", "LOGNAME"})
+    if (const char* v = std::getenv(var); v != nullptr && *v != '\0') {
+      who = v;
+      break;
+    }
+  if (who.empty()) who = "uid " + std::to_string(::geteuid());
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) == 0 && host[0] != '\0') who += std::string("@") + host;
+  return who;
+}
+
+int pause_or_resume(const ar::config& cfg, const cli::invocation& inv) {
+  const bool pause = inv.cmd == cli::command::pause;
+  const auto names = endpoint_names(cfg);
+  if (std::find(names.begin(), names.end(), inv.endpoint) == names.end()) {
+    std::string known;
+    for (const auto& n : names) known += (known.empty() ? "" : ", ") + n;
+    std::fprintf(stderr, "appointment-relay: no endpoint '%s' in the configuration (it has: %s)\n",
+                 inv.endpoint.c_str(), known.c_str());
+    return cli::exit_usage;
+  }
+  ar::store db(cfg.database.url);
+  if (!db.set_paused(inv.endpoint, pause, operator_name(), inv.reason)) {
+    std::printf("endpoint %s was %s already\n", inv.endpoint.c_str(), pause ? "paused" : "not paused");
+    return cli::exit_ok;
+  }
+  std::printf(pause ? "endpoint %s paused: the running relay sends nothing more to it; its events wait\n"
+                    : "endpoint %s resumed: its waiting events go out in order\n",
+              inv.endpoint.c_str());
+  return cli::exit_ok;
+}
+
 int run_command(const cli::invocation& inv) {
   std::optional<std::filesystem::path> file;
   if (inv.config_path) file = *inv.config_path;
@@ -77,6 +184,8 @@ int run_command(const cli::invocation& inv) {
     case cli::command::version:
       std::printf("appointment-relay %s\n", ar::version);
       return cli::exit_ok;
+    case cli::command::health:
+      return health(inv, file);
     default:
       break;
   }
@@ -95,6 +204,9 @@ int run_command(const cli::invocation& inv) {
       }
       return cli::exit_ok;
     }
+    case cli::command::pause:
+    case cli::command::resume:
+      return pause_or_resume(cfg, inv);
     case cli::command::status:
       return print_status(cfg, inv.json);
     case cli::command::replay:

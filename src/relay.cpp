@@ -33,10 +33,17 @@ std::vector<std::string> endpoint_names(const config& cfg) {
   return names;
 }
 
+std::map<std::string, std::chrono::milliseconds> backfill_of(const config& cfg) {
+  std::map<std::string, std::chrono::milliseconds> b;
+  for (const auto& e : cfg.endpoints) b.emplace(e.name, e.backfill);
+  return b;
+}
+
 db_worker_settings worker_settings(const config& cfg) {
   db_worker_settings ws;
   ws.database_url = cfg.database.url;
   ws.endpoints = endpoint_names(cfg);
+  ws.backfill = backfill_of(cfg);
   ws.poll_interval = cfg.database.poll_interval;
   ws.retention = cfg.database.retention;
   ws.lease = cfg.database.leader_lease;
@@ -101,6 +108,9 @@ class daemon {
     cb.on_standby = [this] { on_standby(); };
     cb.on_inactive = [this] { on_inactive(); };
     cb.on_wake = [this] { dispatcher_->wake(); };
+    cb.on_control = [this](std::vector<endpoint_control> controls, bool initial) {
+      dispatcher_->control(controls, initial);
+    };
     return cb;
   }
 
@@ -108,16 +118,19 @@ class daemon {
     spdlog::info("database connected and listening; this instance is active (installation {})",
                  installation_id);
     dispatcher_->activate(std::move(installation_id), session);
+    metrics_.set_leader(true);
     announce("active: delivering");
   }
 
   void on_standby() {
     spdlog::info("database connected; another instance is active: standing by");
+    metrics_.set_leader(false);
     announce("standby: another instance is active");
   }
 
   void on_inactive() {
     spdlog::warn("not active (database connection lost or leadership not confirmed): sending nothing new");
+    metrics_.set_leader(false);
     dispatcher_->deactivate();
     notify_status("database connection lost or leadership not confirmed: reconnecting");
   }
@@ -136,9 +149,15 @@ class daemon {
     try {
       config next = reload_();
       const auto restart = keys_needing_restart(cfg_, next);
-      dispatcher_->reconfigure(dispatch_settings(next));  // throws before changing anything
+      // The worker knows a new endpoint's backfill before the endpoint's first read.
+      worker_->set_endpoints(endpoint_names(next), backfill_of(next));
+      try {
+        dispatcher_->reconfigure(dispatch_settings(next));  // throws before changing anything
+      } catch (...) {
+        worker_->set_endpoints(endpoint_names(cfg_), backfill_of(cfg_));
+        throw;
+      }
       set_log_level(next.log.level);
-      worker_->set_endpoints(endpoint_names(next));
       if (!restart.empty()) {
         std::string keys;
         for (const auto& k : restart) keys += (keys.empty() ? "" : ", ") + k;

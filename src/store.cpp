@@ -276,9 +276,11 @@ class counting_receiver final : public pqxx::notification_receiver {
   void operator()(const std::string& payload, int) noexcept override {
     ++count;
     if (payload == "replay") replayed = true;
+    if (payload == "control") control = true;
   }
   std::size_t count = 0;
   bool replayed = false;  // `replay` put dead letters back: look for them at the next read
+  bool control = false;   // `pause` or `resume` changed endpoint_state
 };
 
 // Dead letters put back by `replay` (state 'replay'), and, at the first side read of a position, rows left
@@ -460,6 +462,39 @@ struct batch_record {
   std::int64_t first_ms = 0;
   std::int64_t last_ms = 0;
 };
+
+
+endpoint_health health_of(std::string_view s) {
+  if (s == "failing") return endpoint_health::failing;
+  if (s == "open") return endpoint_health::open;
+  return endpoint_health::healthy;
+}
+
+const char* const controls_sql =
+    "SELECT endpoint, health, coalesce(health_reason, ''),"
+    " (extract(epoch FROM health_since) * 1000)::bigint, (extract(epoch FROM probe_at) * 1000)::bigint,"
+    " probe_delay_ms, paused, coalesce(paused_by, ''), coalesce(pause_reason, ''),"
+    " (extract(epoch FROM paused_at) * 1000)::bigint, start_id, coalesce(start_reason, ''),"
+    " (extract(epoch FROM started_at) * 1000)::bigint"
+    " FROM appointment_relay.endpoint_state";
+
+endpoint_control control_of(const pqxx::row& r) {
+  endpoint_control c;
+  c.health.endpoint = r[0].c_str();
+  c.health.health = health_of(r[1].c_str());
+  c.health.reason = r[2].c_str();
+  c.health.since_ms = int_of(r[3]);
+  c.health.probe_at_ms = int_of(r[4]);
+  c.health.probe_delay_ms = r[5].as<std::int64_t>();
+  c.paused = r[6].as<bool>();
+  c.paused_by = r[7].c_str();
+  c.pause_reason = r[8].c_str();
+  c.paused_at_ms = int_of(r[9]);
+  c.start_id = int_of(r[10]);
+  c.start_reason = r[11].c_str();
+  c.started_at_ms = int_of(r[12]);
+  return c;
+}
 
 }  // namespace
 
@@ -747,6 +782,9 @@ std::vector<endpoint_status> store::status(const std::vector<std::string>& endpo
   for (const auto& name : endpoints) {
     endpoint_status s;
     s.endpoint = name;
+    s.control.health.endpoint = name;
+    if (auto c = tx.exec_params(std::string(controls_sql) + " WHERE endpoint = $1", name); !c.empty())
+      s.control = control_of(c[0]);
     auto r = tx.exec_params(status_sql, name);
     s.backlog = std::max<std::int64_t>(0, r[0][0].as<std::int64_t>());
     if (!r[0][1].is_null()) s.oldest_pending_age_seconds = r[0][1].as<double>();
@@ -759,6 +797,122 @@ std::vector<endpoint_status> store::status(const std::vector<std::string>& endpo
   }
   tx.commit();
   return out;
+}
+
+const char* to_string(endpoint_health h) {
+  switch (h) {
+    case endpoint_health::healthy:
+      return "healthy";
+    case endpoint_health::failing:
+      return "failing";
+    case endpoint_health::open:
+      return "open";
+  }
+  return "healthy";
+}
+
+
+std::vector<endpoint_start> store::start_endpoints(
+    const std::vector<std::string>& endpoints,
+    const std::map<std::string, std::chrono::milliseconds>& backfill) {
+  std::vector<endpoint_start> out;
+  if (endpoints.empty()) return out;
+  array_literal names, seconds;
+  for (const auto& e : endpoints) {
+    names.add(e);
+    auto b = backfill.find(e);
+    seconds.add(b == backfill.end() ? std::int64_t{0}
+                                    : std::chrono::duration_cast<std::chrono::seconds>(b->second).count());
+  }
+  pqxx::work tx(impl_->conn);
+  // One at a time per installation (a second instance starting, a `status` racing): the advisory lock
+  // ends with the transaction.
+  tx.exec("SELECT pg_advisory_xact_lock(" + std::to_string(leader_lock_key + 1) + ")");
+  auto r = tx.exec_params(
+      "WITH cfg AS (SELECT * FROM unnest($1::text[], $2::bigint[]) AS c(endpoint, backfill_s)"
+      "  WHERE NOT EXISTS (SELECT 1 FROM appointment_relay.endpoint_cursor e WHERE e.endpoint = c.endpoint)),"
+      " fresh AS (SELECT NOT EXISTS (SELECT 1 FROM appointment_relay.endpoint_cursor) AS yes),"
+      " newest AS (SELECT coalesce(max(id), 0) AS id FROM appointment_relay.outbox),"
+      " starts AS (SELECT c.endpoint, CASE"
+      "   WHEN f.yes THEN 0"
+      "   WHEN c.backfill_s = 0 THEN n.id"
+      "   ELSE coalesce((SELECT min(o.id) - 1 FROM appointment_relay.outbox o"
+      "                  WHERE o.captured_at >= now() - make_interval(secs => c.backfill_s)), n.id) END AS "
+      "id,"
+      "  CASE WHEN f.yes THEN 'the installation''s first endpoints: everything captured since migrate'"
+      "   WHEN c.backfill_s = 0 THEN 'new endpoint: from the newest event on'"
+      "   ELSE 'new endpoint: backfill of ' || make_interval(secs => c.backfill_s)::text END AS reason"
+      "  FROM cfg c, fresh f, newest n),"
+      " cursors AS (INSERT INTO appointment_relay.endpoint_cursor (endpoint, done_through)"
+      "  SELECT endpoint, id FROM starts ON CONFLICT (endpoint) DO NOTHING RETURNING endpoint),"
+      " states AS (INSERT INTO appointment_relay.endpoint_state AS s (endpoint, start_id, start_reason, "
+      "started_at)"
+      "  SELECT endpoint, id, reason, now() FROM starts"
+      "  ON CONFLICT (endpoint) DO UPDATE SET start_id = excluded.start_id, start_reason = "
+      "excluded.start_reason,"
+      "   started_at = excluded.started_at, updated_at = now())"
+      " SELECT s.endpoint, s.id, s.reason FROM starts s JOIN cursors c USING (endpoint) ORDER BY 1",
+      names.str(), seconds.str());
+  tx.commit();
+  for (const auto& row : r) out.push_back({row[0].c_str(), row[1].as<std::int64_t>(), row[2].c_str()});
+  return out;
+}
+
+std::vector<endpoint_control> store::endpoint_controls() {
+  std::vector<endpoint_control> out;
+  pqxx::nontransaction tx(impl_->conn);
+  for (const auto& row : tx.exec(std::string(controls_sql) + " ORDER BY endpoint"))
+    out.push_back(control_of(row));
+  return out;
+}
+
+void store::save_health(const std::vector<endpoint_health_update>& updates) {
+  if (updates.empty()) return;
+  array_literal names, healths, reasons, since, probe_at, delay;
+  for (const auto& u : updates) {
+    names.add(u.endpoint);
+    healths.add(to_string(u.health));
+    reasons.add(u.reason);
+    since.add(u.since_ms);
+    probe_at.add(u.probe_at_ms);
+    delay.add(u.probe_delay_ms);
+  }
+  pqxx::nontransaction tx(impl_->conn);
+  tx.exec_params(
+      "INSERT INTO appointment_relay.endpoint_state AS s (endpoint, health, health_reason, health_since,"
+      "  probe_at, probe_delay_ms, updated_at)"
+      " SELECT u.endpoint, u.health, nullif(u.reason, ''), to_timestamp(u.since / 1000.0),"
+      "  to_timestamp(u.probe_at / 1000.0), u.delay, now()"
+      " FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[])"
+      "  AS u(endpoint, health, reason, since, probe_at, delay)"
+      " ON CONFLICT (endpoint) DO UPDATE SET health = excluded.health, health_reason = "
+      "excluded.health_reason,"
+      "  health_since = excluded.health_since, probe_at = excluded.probe_at,"
+      "  probe_delay_ms = excluded.probe_delay_ms, updated_at = now()",
+      names.str(), healths.str(), reasons.str(), since.str(), probe_at.str(), delay.str());
+}
+
+bool store::set_paused(const std::string& endpoint, bool paused, const std::string& by,
+                       const std::string& reason) {
+  pqxx::work tx(impl_->conn);
+  auto r = tx.exec_params(
+      "INSERT INTO appointment_relay.endpoint_state AS s (endpoint, paused, paused_by, paused_at, "
+      "pause_reason)"
+      " VALUES ($1, $2, $3, now(), nullif($4, ''))"
+      " ON CONFLICT (endpoint) DO UPDATE SET paused = excluded.paused, paused_by = excluded.paused_by,"
+      "  paused_at = excluded.paused_at, pause_reason = excluded.pause_reason, updated_at = now()"
+      "  WHERE s.paused IS DISTINCT FROM excluded.paused"
+      " RETURNING 1",
+      endpoint, paused, by, reason);
+  if (r.empty()) return false;
+  tx.exec(std::string("SELECT pg_notify('") + notify_channel + "', 'control')");
+  tx.commit();
+  return true;
+}
+
+bool store::take_control_news() {
+  if (!impl_->receiver) return false;
+  return std::exchange(impl_->receiver->control, false);
 }
 
 std::int64_t store::replay(const replay_filter& filter) {

@@ -225,6 +225,58 @@ TEST(cli, should_reject_a_bad_command_line_with_exit_code_2_and_a_hint) {
   }
 }
 
+TEST(cli, should_read_the_health_command_and_its_admin_address) {
+  auto plain = ok({"health"});
+  EXPECT_EQ(plain.cmd, command::health);
+  EXPECT_EQ(to_string(plain.cmd), "health");
+  EXPECT_FALSE(plain.admin);
+  EXPECT_EQ(ok({"health", "--admin", "127.0.0.1:9187"}).admin, "127.0.0.1:9187");
+  EXPECT_EQ(ok({"health", "--admin=[::1]:9187"}).admin, "[::1]:9187");
+  EXPECT_EQ(ok({"health", "-c", "r.toml"}).config_path, "r.toml");
+  EXPECT_TRUE(ok({"help", "health"}).help);
+
+  for (const auto& [args, expected] : std::vector<std::pair<std::vector<std::string_view>, std::string>>{
+           {{"health", "--admin"}, "option '--admin' needs a value"},
+           {{"health", "--admin="}, "option '--admin' needs an address"},
+           {{"health", "--admin", "127.0.0.1:1", "-c", "r.toml"}, "give --admin or --config, not both"},
+           {{"status", "--admin", "127.0.0.1:1"}, "unknown option '--admin' for 'status'"},
+       }) {
+    auto e = bad(args);
+    EXPECT_NE(e.message.find(expected), std::string::npos) << e.message;
+    EXPECT_EQ(e.exit_code, exit_usage);
+  }
+
+  // Its help says what a probe needs to know: the options, the address it asks, and that it exits 0 or 1.
+  const auto text = help_text(command::health);
+  for (auto what : {"Usage: appointment-relay health", "--admin HOST:PORT", "--config", "/healthz",
+                    "APPOINTMENT_RELAY_ADMIN_LISTEN", "127.0.0.1:9187", "Exit codes", "Example"})
+    EXPECT_NE(text.find(what), std::string::npos) << what;
+  EXPECT_NE(help_text(command::help).find("health"), std::string::npos);
+}
+
+TEST(cli, should_parse_pause_and_resume_with_their_endpoint_and_reason) {
+  auto p = ok({"pause", "--endpoint", "crm", "--reason", "CRM maintenance until 14:00", "-c", "r.toml"});
+  EXPECT_EQ(p.cmd, command::pause);
+  EXPECT_EQ(p.endpoint, "crm");
+  EXPECT_EQ(p.reason, "CRM maintenance until 14:00");
+  EXPECT_EQ(p.config_path, "r.toml");
+  auto r = ok({"resume", "--endpoint=crm"});
+  EXPECT_EQ(r.cmd, command::resume);
+  EXPECT_EQ(r.endpoint, "crm");
+  EXPECT_NE(bad({"pause"}).message.find("pause: say which endpoint: --endpoint NAME"), std::string::npos);
+  EXPECT_NE(bad({"resume", "--reason", "x", "--endpoint", "crm"}).message.find("unknown option '--reason'"),
+            std::string::npos);
+  EXPECT_NE(bad({"status", "--endpoint", "crm"}).message.find("unknown option '--endpoint' for 'status'"),
+            std::string::npos);
+  for (auto c : {command::pause, command::resume}) {
+    const auto text = help_text(c);
+    for (auto what : {"--endpoint NAME", "Example", "in order"})
+      EXPECT_NE(text.find(what), std::string::npos) << what;
+  }
+  EXPECT_NE(help_text(command::pause).find("--reason TEXT"), std::string::npos);
+  EXPECT_NE(help_text(command::help).find("pause"), std::string::npos);
+}
+
 TEST(cli, should_name_the_exit_codes) {
   EXPECT_EQ(exit_ok, 0);
   EXPECT_EQ(exit_failure, 1);

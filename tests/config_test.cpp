@@ -522,6 +522,84 @@ TEST(config, should_read_back_the_config_it_renders) {
   EXPECT_NE(text.find("[endpoints.erp]\n"), std::string::npos) << text;
 }
 
+TEST(config, should_read_static_headers_from_a_table_an_array_files_and_the_environment_and_never_show_them) {
+  temp_dir dir;
+  auto token = dir.write("token", "Bearer t0ps3cret\n");
+  auto file = dir.write("relay.toml", "[database]\nurl = \"host=db\"\n" + minimal_endpoint +
+                                          "headers = { X-Tenant = \"clinic 7\", X-Env = \"prod\" }\n"
+                                          "header_files = { Authorization = \"" +
+                                          token.string() +
+                                          "\" }\n"
+                                          "[endpoints.erp]\nurl = \"http://127.0.0.1:9/e\"\n"
+                                          "headers = [\"X-Api-Key: k3y: with colon\"]\n");
+  auto cfg =
+      load_config(file, {{"APPOINTMENT_RELAY_ENDPOINTS_OPS_URL", "http://127.0.0.1:9/o"},
+                         {"APPOINTMENT_RELAY_ENDPOINTS_OPS_HEADERS", "X-One: 1\nX-Two:  two words \n"}});
+  ASSERT_EQ(cfg.endpoints.size(), 3u);
+  // A TOML table has no order: compare sorted.
+  header_list crm{{"Authorization", "Bearer t0ps3cret"}, {"X-Env", "prod"}, {"X-Tenant", "clinic 7"}};
+  auto got = cfg.endpoints[0].headers;
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, crm);
+  EXPECT_EQ(cfg.endpoints[1].headers, (header_list{{"X-Api-Key", "k3y: with colon"}}));
+  EXPECT_EQ(cfg.endpoints[2].headers, (header_list{{"X-One", "1"}, {"X-Two", "two words"}}));
+  auto text = render_config(cfg);
+  for (const char* value : {"clinic 7", "t0ps3cret", "k3y", "two words"})
+    EXPECT_EQ(text.find(value), std::string::npos) << value << " shown:\n" << text;
+  EXPECT_NE(text.find("\"X-Tenant: ***\""), std::string::npos) << text;
+}
+
+TEST(config, should_refuse_headers_the_relay_sets_bad_names_control_characters_and_twice_given_names) {
+  temp_dir dir;
+  auto with = [&](const std::string& extra) {
+    return error_of(dir.write("relay.toml", "[database]\nurl = \"host=db\"\n" + minimal_endpoint + extra),
+                    {});
+  };
+  EXPECT_NE(
+      with("headers = { Webhook-Signature = \"x\" }\n").find("header Webhook-Signature is set by the relay"),
+      std::string::npos);
+  EXPECT_NE(with("headers = { Content-Type = \"text/plain\" }\n").find("set by the relay"),
+            std::string::npos);
+  EXPECT_NE(with("headers = { \"Bad Name\" = \"x\" }\n").find("'Bad Name' is not a valid header name"),
+            std::string::npos);
+  auto crlf = with("headers = { X-A = \"ok\\r\\nX-Injected: yes\" }\n");
+  EXPECT_NE(crlf.find("control character"), std::string::npos) << crlf;
+  EXPECT_EQ(crlf.find("Injected"), std::string::npos) << "the value was shown: " << crlf;
+  auto twice = dir.write("t", "v\n");
+  EXPECT_NE(with("headers = { X-A = \"1\" }\nheader_files = { x-a = \"" + twice.string() + "\" }\n")
+                .find("given twice"),
+            std::string::npos);
+  EXPECT_NE(with("headers = [\"no colon\"]\n").find("expected \"Name: value\""), std::string::npos);
+  EXPECT_NE(with("header_files = { X-A = \"/nonexistent/h\" }\n").find("cannot read '/nonexistent/h'"),
+            std::string::npos);
+}
+
+TEST(config, should_read_rate_limit_backfill_and_breaker_settings_and_refuse_a_backfill_past_retention) {
+  temp_dir dir;
+  auto cfg = load_config(dir.write("relay.toml", "[database]\nurl = \"host=db\"\n" + minimal_endpoint), {});
+  EXPECT_EQ(cfg.endpoints[0].rate_limit, 0);
+  EXPECT_EQ(cfg.endpoints[0].backfill, std::chrono::milliseconds(0));
+  EXPECT_EQ(cfg.endpoints[0].breaker_failures, 10);
+  EXPECT_EQ(cfg.endpoints[0].breaker_after, std::chrono::minutes(1));
+  EXPECT_EQ(cfg.endpoints[0].breaker_probe_max, std::chrono::minutes(5));
+  cfg = load_config(dir.write("relay.toml", "[database]\nurl = \"host=db\"\n" + minimal_endpoint +
+                                                "rate_limit = 50\nrate_limit_burst = 5\nbackfill = \"24h\"\n"
+                                                "breaker_failures = 0\nbreaker_after = \"30s\"\n"
+                                                "breaker_probe_max = \"1m\"\n"),
+                    {});
+  EXPECT_EQ(cfg.endpoints[0].rate_limit, 50);
+  EXPECT_EQ(cfg.endpoints[0].rate_limit_burst, 5);
+  EXPECT_EQ(cfg.endpoints[0].backfill, std::chrono::hours(24));
+  EXPECT_EQ(cfg.endpoints[0].breaker_failures, 0);
+  EXPECT_EQ(cfg.endpoints[0].breaker_after, std::chrono::seconds(30));
+  EXPECT_EQ(cfg.endpoints[0].breaker_probe_max, std::chrono::minutes(1));
+  auto e = error_of(dir.write("relay.toml", "[database]\nurl = \"host=db\"\nretention = \"2d\"\n" +
+                                                minimal_endpoint + "backfill = \"3d\"\n"),
+                    {});
+  EXPECT_NE(e.find("endpoints.crm.backfill (3d) is longer than database.retention (2d)"), std::string::npos)
+      << e;
+}
+
 // A running configuration from the environment, with an endpoint and a database password.
 config running_config() {
   env_map env{{"APPOINTMENT_RELAY_DATABASE_URL", "postgresql://relay:pw@db/canvas"},
@@ -651,8 +729,9 @@ TEST(config, should_document_every_key_with_its_default_in_the_sample_config) {
         << sample[sample_name(k)];
     ++documented;
   }
-  EXPECT_EQ(documented, config_keys().size() - 4);  // but database.url, endpoint url, secrets, secret_file
-  EXPECT_EQ(sample.size(), config_keys().size());   // and nothing the table does not know
+  // but database.url, endpoint url, secrets, secret_file, headers and header_files (values not shown)
+  EXPECT_EQ(documented, config_keys().size() - 6);
+  EXPECT_EQ(sample.size(), config_keys().size());  // and nothing the table does not know
 }
 
 TEST(config, should_mask_the_database_password_in_uris_and_conninfo) {

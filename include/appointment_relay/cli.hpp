@@ -16,9 +16,9 @@ inline constexpr int exit_failure = 1;  // a runtime failure (database unreachab
 inline constexpr int exit_usage = 2;    // a bad command line
 inline constexpr int exit_config = 78;  // an invalid configuration (config_error)
 
-enum class command { run, migrate, check_config, status, replay, version, help };
+enum class command { run, migrate, check_config, status, replay, pause, resume, health, version, help };
 
-// "run", "migrate", "check-config", "status", "replay", "version", "help".
+// "run", "migrate", "check-config", "status", "replay", "pause", "resume", "health", "version", "help".
 std::string_view to_string(command c) noexcept;
 
 // replay: which dead-lettered (or delivered) events to queue again. Either all, or at least one of the
@@ -37,8 +37,11 @@ struct invocation {
   // --help / -h: print help_text(cmd) and exit 0. Also set for `help [COMMAND]` (cmd is then the command
   // asked about, or command::help for the overview).
   bool help = false;
-  replay_filter replay;  // command::replay
-  bool json = false;     // status --json
+  replay_filter replay;              // command::replay
+  bool json = false;                 // status --json
+  std::optional<std::string> admin;  // health --admin HOST:PORT (instead of the configuration's admin.listen)
+  std::string endpoint;              // pause / resume --endpoint NAME (required)
+  std::string reason;                // pause --reason TEXT
 };
 
 struct usage_error {

@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "appointment_relay/classifier.hpp"
@@ -32,7 +33,25 @@ struct endpoint_config {
   tls_settings tls;
   int max_in_flight = 16;
   std::chrono::milliseconds timeout{10000};
+  // Static headers sent with every request (headers, header_files), in the order given; never a header the
+  // relay sets itself.
+  header_list headers;
+  // Requests per second, 0 for no limit; a burst of up to rate_limit_burst (0: rate_limit) after a quiet
+  // spell.
+  int rate_limit = 0;
+  int rate_limit_burst = 0;
+  // Where an endpoint the installation has never seen starts: 0 at the newest event then (it gets what
+  // happens from then on), otherwise this far back (at most database.retention).
+  std::chrono::milliseconds backfill{0};
+  // The breaker opens after breaker_failures failed attempts in a row (0: never) that span at least
+  // breaker_after; while open, one probe at a time, 1 s after opening, then doubling up to breaker_probe_max.
+  int breaker_failures = 10;
+  std::chrono::milliseconds breaker_after{std::chrono::minutes(1)};
+  std::chrono::milliseconds breaker_probe_max{std::chrono::minutes(5)};
 };
+
+// A header name an endpoint may not set (the relay sets it, or it is hop-by-hop), lower case.
+bool reserved_header(std::string_view name);
 
 struct config {
   struct database_section {

@@ -21,6 +21,8 @@ class metrics;
 struct db_worker_settings {
   std::string database_url;
   std::vector<std::string> endpoints;  // names, for retention
+  // Where an endpoint the installation has never seen starts (store::start_endpoints), by name.
+  std::map<std::string, std::chrono::milliseconds> backfill;
   std::chrono::milliseconds poll_interval{5000};
   std::chrono::seconds retention{std::chrono::hours(24 * 7)};
   std::chrono::milliseconds reconnect_min{200};
@@ -46,6 +48,9 @@ struct db_worker_callbacks {
   // has a waiting fetch, which the worker then runs itself.
   std::function<void()> on_wake;
   std::function<void()> on_standby;  // connected, but another instance holds the leadership
+  // Every endpoint's row of endpoint_state: right after on_active (initial: the health to start from), and
+  // whenever `pause` or `resume` changed one (or at a poll tick; initial false: only the pause counts).
+  std::function<void(std::vector<endpoint_control>, bool initial)> on_control;
 };
 
 class db_worker : public event_source {
@@ -60,7 +65,8 @@ class db_worker : public event_source {
   void record(std::vector<delivery_update> updates,
               std::map<std::string, watermark> done_through) override = 0;
   // The configured endpoints changed (SIGHUP): retention and the backlog figures follow them.
-  virtual void set_endpoints(std::vector<std::string> names) = 0;
+  virtual void set_endpoints(std::vector<std::string> names,
+                             std::map<std::string, std::chrono::milliseconds> backfill = {}) = 0;
   // Writes what is queued, then ends the thread. Idempotent; blocks for at most the given time.
   virtual void stop(std::chrono::milliseconds flush_deadline) = 0;
 };

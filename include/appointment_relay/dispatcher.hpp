@@ -48,6 +48,9 @@ class dispatcher {
   virtual void deactivate() = 0;
   // New events may be pending.
   virtual void wake() = 0;
+  // Endpoint state from the database: pauses (always), and with initial (right after activation) the
+  // breaker's state to start from. Endpoints not listed are neither paused nor open.
+  virtual void control(const std::vector<endpoint_control>& controls, bool initial) = 0;
   // New endpoint settings (SIGHUP), applied all at once or not at all: every lane, HTTP client, CA, key and
   // signing secret is made first; on any error (thrown, std::runtime_error) nothing has changed. Lanes are
   // then added, changed in place, or retired (a retired endpoint's requests in flight are cancelled).

@@ -30,6 +30,8 @@ class event_source {
   // there. A watermark of an earlier session is not written (the outcomes are: they are certain).
   virtual void record(std::vector<delivery_update> updates,
                       std::map<std::string, watermark> done_through) = 0;
+  // An endpoint's health changed (the breaker): written with the next outcomes, the latest per endpoint.
+  virtual void save_health(endpoint_health_update) {}
 };
 
 }  // namespace appointment_relay

@@ -65,8 +65,42 @@ inline bool recorded_in_batch(const delivery_update& u) {
   return u.state == delivery_state::delivered && u.attempts <= 1 && !u.replayed;
 }
 
+// An endpoint's health as the daemon keeps it (appointment_relay.endpoint_state): healthy, failing (failed
+// attempts in a row, the breaker closed) or open (the breaker: one probe at a time).
+enum class endpoint_health { healthy, failing, open };
+const char* to_string(endpoint_health h);
+
+struct endpoint_health_update {
+  std::string endpoint;
+  endpoint_health health = endpoint_health::healthy;
+  std::string reason;                       // failing/open: the last failure
+  std::optional<std::int64_t> since_ms;     // unix ms: in this state since
+  std::optional<std::int64_t> probe_at_ms;  // open: the next probe
+  std::int64_t probe_delay_ms = 0;          // open: the delay before that probe (it doubles)
+};
+
+// What the database says of one endpoint: its health as last written, and whether it is paused.
+struct endpoint_control {
+  endpoint_health_update health;
+  bool paused = false;
+  std::string paused_by;
+  std::string pause_reason;
+  std::optional<std::int64_t> paused_at_ms;
+  std::optional<std::int64_t> start_id;  // where it started, when the installation first saw it
+  std::string start_reason;
+  std::optional<std::int64_t> started_at_ms;
+};
+
+// An endpoint the installation had never seen, started now (store::start_endpoints).
+struct endpoint_start {
+  std::string endpoint;
+  std::int64_t start_id = 0;  // its first watermark: it gets the events after it
+  std::string reason;
+};
+
 struct endpoint_status {
   std::string endpoint;
+  endpoint_control control;
   std::int64_t backlog = 0;  // events past its watermark not yet delivered or dead
   std::optional<double> oldest_pending_age_seconds;
   std::map<std::string, std::int64_t> dead_by_reason;
@@ -176,6 +210,22 @@ class store {
               const std::map<std::string, watermark>& done_through);
 
   std::vector<endpoint_status> status(const std::vector<std::string>& endpoints);
+
+  // Gives every endpoint the installation has never seen (no watermark yet) its first watermark: everything
+  // captured so far when the installation has no endpoint at all yet (its first start after migrate),
+  // otherwise the newest event now, or backfill (name -> duration, absent or 0: none) before now. Recorded
+  // in endpoint_state. Returns the endpoints started now.
+  std::vector<endpoint_start> start_endpoints(
+      const std::vector<std::string>& endpoints,
+      const std::map<std::string, std::chrono::milliseconds>& backfill);
+  // Every endpoint's row of endpoint_state.
+  std::vector<endpoint_control> endpoint_controls();
+  void save_health(const std::vector<endpoint_health_update>& updates);
+  // pause / resume: sets the flag (by: who, reason: why), notifies the running daemon. False when the
+  // endpoint was in that state already.
+  bool set_paused(const std::string& endpoint, bool paused, const std::string& by, const std::string& reason);
+  // Whether a `pause` or `resume` was notified since the last call.
+  bool take_control_news();
   std::int64_t replay(const replay_filter& filter);  // dead letters back to pending; returns how many
   // Retention: drops outbox partitions (or empties the default one) whose rows every endpoint is done with
   // and whose newest row is older than retention, at most max_partitions of them; dead letters in them are

@@ -209,6 +209,12 @@ TEST_F(least_privilege,
   EXPECT_EQ(replay.exit_code, 0) << replay.err;
   EXPECT_EQ(replay.out, std::to_string(no_shows.size()) + " dead letters back to pending\n");
   expect_delivered(expected, accepted_requests, unordered);
+
+  // pause and resume, as the daemon's role too.
+  auto paused = run_relay_command({"pause", "--endpoint", "default", "--reason", "least privilege"}, cli);
+  EXPECT_EQ(paused.exit_code, 0) << paused.err;
+  auto resumed = run_relay_command({"resume", "--endpoint", "default"}, cli);
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
 }
 
 TEST_F(least_privilege, should_refuse_outbox_rows_forged_with_canvas_application_credentials) {

@@ -419,7 +419,7 @@ TEST_F(relay_faults, should_apply_a_reload_whole_or_not_at_all_and_keep_one_lane
   stream.start();
   ASSERT_TRUE(stream.wait_for_actions(static_cast<std::size_t>(stream_lives() / 3), 60s));
 
-  write(endpoint("default", main_rx.url()) + endpoint("aaa", added_rx.url()) +
+  write(endpoint("default", main_rx.url()) + endpoint("aaa", added_rx.url(), "backfill = \"1h\"") +
         endpoint("zzz", "https://127.0.0.1:9/hook", "ca_file = \"" + bad_ca + "\""));
   auto before = relay->log_size();
   ASSERT_TRUE(relay->send_signal(SIGHUP));
@@ -427,7 +427,9 @@ TEST_F(relay_faults, should_apply_a_reload_whole_or_not_at_all_and_keep_one_lane
   std::this_thread::sleep_for(1500ms);
   EXPECT_EQ(added_rx.server().request_count(), 0u) << "a failed reload must not have started endpoint aaa";
 
-  write(endpoint("default", main_rx.url()) + endpoint("aaa", added_rx.url()));
+  // With a backfill reaching before the stream, the added endpoint gets all of it, exactly once (without one
+  // it would start at the newest event).
+  write(endpoint("default", main_rx.url()) + endpoint("aaa", added_rx.url(), "backfill = \"1h\""));
   before = relay->log_size();
   ASSERT_TRUE(relay->send_signal(SIGHUP));
   EXPECT_TRUE(relay->wait_for_log("configuration reloaded", 10s, before)) << relay->log().substr(before);
