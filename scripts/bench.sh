@@ -18,6 +18,14 @@
 #   BENCH_BASELINE_EVENTS=N, BENCH_BASELINE_ROUNDS=R   events per drain and drains per build in that comparison
 #                               (default: the run's large drain, 3)
 #   BENCH_DRAIN_EVENTS=N        the large drain's size, on which retention runs (default 100000; 2000 in --quick)
+#   BENCH_STALLED_SECONDS=S, BENCH_STALLED_ROUNDS=R   scenario 12 (an endpoint beside a stalled or refused
+#                               one): stream length per run and alternating rounds (default 20 s, 3; 2 s, 2 in
+#                               --quick)
+#   BENCH_ONLY=stalled          run scenario 12 alone (its rows printed, nothing written to bench/results)
+#   BENCH_BIN_DIR=dir           take appointment-relay, appointment-relay-receiver, bench_producer and
+#                               classifier_bench from dir instead of building them (a tree others build in:
+#                               copies that no later build changes under the run); the build type is still
+#                               read from the build dir's CMakeCache.txt, when it has one
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -36,6 +44,7 @@ if [ $quick -eq 1 ]; then
   build_type=RelWithDebInfo
   capture_seconds=1; capture_rounds=1
   latency_rate=300; latency_seconds=2
+  stalled_seconds=2; stalled_rounds=2
   held_seconds=3; held_window=1
   flood_seconds=2; flood_warmup=0.5
   drain_small=500; drain_events=2000
@@ -48,6 +57,7 @@ else
   build_type=Release
   capture_seconds=8; capture_rounds=5
   latency_rate=300; latency_seconds=30
+  stalled_seconds=20; stalled_rounds=3
   held_seconds=120; held_window=20
   flood_seconds=15; flood_warmup=2
   drain_small=20000; drain_events=100000
@@ -60,19 +70,40 @@ fi
 drain_events=${BENCH_DRAIN_EVENTS:-$drain_events}
 baseline_events=${BENCH_BASELINE_EVENTS:-$drain_events}
 baseline_rounds=${BENCH_BASELINE_ROUNDS:-3}
+stalled_seconds=${BENCH_STALLED_SECONDS:-$stalled_seconds}
+stalled_rounds=${BENCH_STALLED_ROUNDS:-$stalled_rounds}
+only=${BENCH_ONLY:-}
+case "$only" in
+'' | stalled) ;;
+*) echo "bench: BENCH_ONLY=$only: the only scenario that runs alone is \"stalled\"" >&2; exit 2 ;;
+esac
+[ -z "$only" ] || baseline=""
 
 [ -n "${BENCH_SKIP_DEPS:-}" ] || scripts/install-deps.sh
-if [ ! -f "$build/CMakeCache.txt" ]; then
-  # -Wno-restrict: g++ 12 at -O3 reports a false -Wrestrict inside libstdc++'s char_traits (config.cpp).
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=$build_type -DCMAKE_CXX_FLAGS=-Wno-restrict >/dev/null
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  bin_dir=$(cd "$BENCH_BIN_DIR" && pwd)
+  relay=$bin_dir/appointment-relay
+  receiver_bin=$bin_dir/appointment-relay-receiver
+  producer=$bin_dir/bench_producer
+  classifier_bench=$bin_dir/classifier_bench
+  for b in "$relay" "$receiver_bin" "$producer"; do
+    [ -x "$b" ] || { echo "bench: BENCH_BIN_DIR: no $b" >&2; exit 2; }
+  done
+  build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/null || true)
+  build_type=${build_type:-unknown}
+else
+  if [ ! -f "$build/CMakeCache.txt" ]; then
+    # -Wno-restrict: g++ 12 at -O3 reports a false -Wrestrict inside libstdc++'s char_traits (config.cpp).
+    cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=$build_type -DCMAKE_CXX_FLAGS=-Wno-restrict >/dev/null
+  fi
+  cmake --build "$build" -j "$(nproc)" --target appointment-relay appointment-relay-receiver bench_producer \
+    $( [ -n "$(grep -s '^benchmark_DIR:PATH=/' "$build/CMakeCache.txt")" ] && echo classifier_bench ) >/dev/null
+  build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
+  relay=$root/$build/appointment-relay
+  receiver_bin=$root/$build/appointment-relay-receiver
+  producer=$root/$build/bench/bench_producer
+  classifier_bench=$root/$build/bench/classifier_bench
 fi
-cmake --build "$build" -j "$(nproc)" --target appointment-relay appointment-relay-receiver bench_producer \
-  $( [ -n "$(grep -s '^benchmark_DIR:PATH=/' "$build/CMakeCache.txt")" ] && echo classifier_bench ) >/dev/null
-build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt")
-relay=$root/$build/appointment-relay
-receiver_bin=$root/$build/appointment-relay-receiver
-producer=$root/$build/bench/bench_producer
-classifier_bench=$root/$build/bench/classifier_bench
 
 work=$(mktemp -d /tmp/appointment-relay-bench.XXXXXX)
 pgdir=$(mktemp -d /tmp/appointment-relay-bench-pg.XXXXXX)
@@ -226,6 +257,159 @@ warm_up() {
 }
 
 # ---------------------------------------------------------------------------------------------------------
+# 12. One endpoint beside a stalled or refused one (issue 12): the latency of endpoint A (the default
+#     endpoint, the fast receiver) at the steady rate, in three configurations run in alternation, so that
+#     the machine's drift hits each alike: A alone; A and an endpoint B whose listener accepts connections
+#     and never reads or answers (B's timeout is the default 10 s); A and a B on a closed port (connections
+#     refused), its breaker open before the stream starts (breaker_after 0s instead of 1 min, so that its
+#     default 10 failures open it at once). The same warm-up in each: 10 events, which also open that breaker.
+st_warm=10
+# stalled_listener: accepts connections and holds them, never reading: every request waits for its timeout.
+# Perl, as perl-base is on every Debian system. Sets listener_pid and b_port.
+stalled_listener() {
+  local out=$work/listener-$RANDOM.out
+  perl -MIO::Socket::INET -e '
+    $| = 1;
+    my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0, Listen => 256) or die "listen: $!";
+    print $s->sockport, "\n";
+    my @held;
+    while (1) { my $c = $s->accept or do { sleep 1; next }; push @held, $c }' >"$out" 2>&1 &
+  listener_pid=$!
+  pids+=("$listener_pid")
+  for _ in $(seq 1 100); do
+    b_port=$(head -n 1 "$out")
+    [ -n "$b_port" ] && return 0
+    sleep 0.05
+  done
+  cat "$out" >&2
+  fail "the stalled listener did not start"
+}
+# A port nobody listens on: bound by the kernel's choice, then closed.
+closed_port() {
+  perl -MIO::Socket::INET -e 'print IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0, Listen => 1)->sockport, "\n"'
+}
+# metric NAME LABEL_MATCH: the sum of the relay's samples of NAME whose labels contain LABEL_MATCH.
+metric() {
+  { curl -sf --max-time 2 "http://127.0.0.1:$admin_port/metrics" 2>/dev/null || true; } \
+    | awk -v n="$1" -v m="$2" 'index($0, n "{") == 1 && index($0, m) {s += $NF} END {printf "%d\n", s}'
+}
+# stalled_run CONFIG ROUND (alone, stalled, refused): results in $work/st_CONFIG_ROUND.result; sets st_cpu_us
+# and st_b (what became of B).
+stalled_run() {
+  local d=st_$1_$2 cpu0 cpu1 n listener_pid="" b_port deadline
+  new_db "$d" migrate
+  start_receiver "$work/$d.received"
+  # Shutdown does not wait for B's unanswered requests (the same setting in every configuration).
+  relay_env=(APPOINTMENT_RELAY_RELAY_SHUTDOWN_TIMEOUT=0s)
+  case $1 in
+  stalled)
+    stalled_listener
+    relay_env+=(APPOINTMENT_RELAY_ENDPOINTS_B_URL="http://127.0.0.1:$b_port/webhooks") ;;
+  refused)
+    b_port=$(closed_port)
+    relay_env+=(APPOINTMENT_RELAY_ENDPOINTS_B_URL="http://127.0.0.1:$b_port/webhooks"
+                APPOINTMENT_RELAY_ENDPOINTS_B_BREAKER_AFTER=0s) ;;
+  esac
+  start_relay "$d" "$work/relay-$d.log"
+  relay_env=()
+  sql "$d" "SELECT canvas_test.book_appointment(canvas_test.create_patient(), now() + interval '1 day', 30)
+            FROM generate_series(1, $st_warm)" >/dev/null
+  wait_delivered "$d" $st_warm 0.02
+  if [ "$1" = refused ]; then
+    deadline=$(($(date +%s) + 10))
+    until [ "$(metric appointment_relay_endpoint_state 'endpoint="b",state="open"')" -eq 1 ]; do
+      [ "$(date +%s)" -lt $deadline ] || fail "$d: endpoint b's breaker did not open (log: $(tail -n 3 "$work/relay-$d.log" | tr '\n' ' '))"
+      sleep 0.05
+    done
+  fi
+  cpu0=$(cpu_ticks "$relay_pid")
+  "$producer" stream --db "$base/$d" --rate $latency_rate --seconds "$stalled_seconds" --out "$work/$d.commits" \
+    >"$work/$d.produced" || fail "producer (stream)"
+  n=$(kv "$work/$d.produced" notifiable)
+  wait_delivered "$d" $((n + st_warm)) 0.05
+  cpu1=$(cpu_ticks "$relay_pid")
+  st_b=""
+  if [ "$1" != alone ]; then
+    local s
+    for s in healthy failing open; do
+      if [ "$(metric appointment_relay_endpoint_state "endpoint=\"b\",state=\"$s\"")" -eq 1 ]; then st_b=$s; fi
+    done
+    st_b="B $st_b, $(metric appointment_relay_delivery_attempts_total 'endpoint="b"') attempts"
+  fi
+  stop_relay "$work/relay-$d.log"
+  stop_receiver
+  if [ -n "$listener_pid" ]; then kill "$listener_pid"; wait "$listener_pid" 2>/dev/null || true; fi
+  # Fails when an event did not reach A.
+  "$producer" latency --commits "$work/$d.commits" --received "$work/$d.received" >"$work/$d.result" \
+    || { cat "$work/$d.result" >&2; fail "$d: events missing at endpoint A"; }
+  psql -q "$server" -c "DROP DATABASE $d" >/dev/null
+  st_cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v n="$n" -v hz="$tick" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
+  log "   $1: $(grep -E '^(matched|missing|p50_us|p99_us|max_us)=' "$work/$d.result" | tr '\n' ' ')relay cpu/event ${st_cpu_us}us${st_b:+; $st_b}"
+}
+st_configs="alone stalled refused"
+# stalled_scenario: sets st_p50[CONFIG], st_p99[CONFIG], st_cpu[CONFIG] (medians of the rounds, µs) and
+# st_rounds[CONFIG] (each round's figures).
+declare -A st_p50=() st_p99=() st_cpu=() st_cpus=() st_rounds=()
+stalled_scenario() {
+  local r c order
+  log "12. endpoint A at $latency_rate changes/s for ${stalled_seconds}s: alone, beside a stalled B, beside a refused B; $stalled_rounds rounds"
+  for r in $(seq 1 "$stalled_rounds"); do
+    # The configuration that goes first rotates, so that none always follows the same one.
+    order=$(echo $st_configs $st_configs | cut -d' ' -f$(( (r - 1) % 3 + 1 ))-$(( (r - 1) % 3 + 3 )))
+    log "   round $r"
+    for c in $order; do
+      stalled_run "$c" "$r"
+      st_cpus[$c]+=" $st_cpu_us"
+      st_rounds[$c]+="; p50 $(kv "$work/st_${c}_$r.result" p50_us) p99 $(kv "$work/st_${c}_$r.result" p99_us) max $(kv "$work/st_${c}_$r.result" max_us) µs, relay $st_cpu_us µs/event${st_b:+, $st_b}"
+    done
+  done
+  for c in $st_configs; do
+    st_p50[$c]=$(for r in $(seq 1 "$stalled_rounds"); do kv "$work/st_${c}_$r.result" p50_us; done | st_median)
+    st_p99[$c]=$(for r in $(seq 1 "$stalled_rounds"); do kv "$work/st_${c}_$r.result" p99_us; done | st_median)
+    st_cpu[$c]=$(printf '%s\n' ${st_cpus[$c]} | st_median)
+    st_rounds[$c]=${st_rounds[$c]#; }
+  done
+}
+st_median() { sort -g | awk '{v[NR] = $1} END {printf "%.1f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+# The table's rows of scenario 12 (ms: defined with the table).
+stalled_rows() {
+  local vs_s vs_r
+  vs_s=$(awk -v a="${st_p99[alone]}" -v b="${st_p99[stalled]}" 'BEGIN {printf "x%.2f", b / a}')
+  vs_r=$(awk -v a="${st_p99[alone]}" -v b="${st_p99[refused]}" 'BEGIN {printf "x%.2f", b / a}')
+  echo "| 12 | endpoint A's latency at $latency_rate changes/s, p50 / p99, A alone (median of $stalled_rounds alternating rounds of ${stalled_seconds}s) | $(ms "${st_p50[alone]}") / $(ms "${st_p99[alone]}") | reported | | |"
+  echo "| 12 | the same beside an endpoint B that accepts connections and never answers (B's timeout 10 s) | $(ms "${st_p50[stalled]}") / $(ms "${st_p99[stalled]}") (p99 $vs_s of A alone) | p99 as A alone | | |"
+  echo "| 12 | the same beside an endpoint B whose port is closed, its breaker open | $(ms "${st_p50[refused]}") / $(ms "${st_p99[refused]}") (p99 $vs_r of A alone) | p99 as A alone | | |"
+  echo "| 12 | relay CPU over the stream, per event of the stream: A alone / beside the stalled B / beside the refused B | ${st_cpu[alone]} / ${st_cpu[stalled]} / ${st_cpu[refused]} µs | | | |"
+}
+stalled_details() {
+  echo "- Endpoint beside a stalled one (issue 12): each run a new database, the relay with endpoint A (the fast receiver) and, but for \"alone\", endpoint B; $st_warm warm-up events, then the $latency_rate/s stream for ${stalled_seconds}s; A's commit-to-receipt latency as in row 3 (every event must reach A); relay shutdown_timeout 0s in all three; the configurations alternate, the first one rotating per round. Per round, A alone: ${st_rounds[alone]}. Beside a stalled B (a listener that accepts and never reads; B's timeout 10 s, max_in_flight 16): ${st_rounds[stalled]}. Beside a refused B (breaker_after 0s, so that its 10 failures of the warm-up open it; then only probes): ${st_rounds[refused]}. B's state and attempts: at the end of the stream."
+}
+if [ "$only" = stalled ]; then
+  ms() { awk -v u="$1" 'BEGIN {printf "%.3f ms", u / 1000}'; }
+  stalled_scenario
+  report=$work/report.md
+  {
+    echo "# appointment-relay benchmarks: scenario 12 alone"
+    echo
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$([ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || echo " (modified)"), $build_type build."
+    echo "Load average (1, 5, 15 min) at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (above 0.5: other work shared the machine)."
+    echo "Scheduling delay before the run (a thread sleeping 1 ms wakes late by): p50 $(kv "$work/jitter-start.result" late_p50_us) µs, p99 $(kv "$work/jitter-start.result" late_p99_us) µs, max $(kv "$work/jitter-start.result" late_max_us) µs."
+    echo
+    echo "| # | measure | result | target | verdict | Node.js bar |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    stalled_rows
+    echo
+    stalled_details
+  } >"$report"
+  echo
+  cat "$report"
+  out=$(mktemp -d /tmp/appointment-relay-bench-only.XXXXXX)
+  cp "$report" "$out/latest.md"
+  log "scenario 12 alone: every event reached A; table in $out/latest.md"
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------------------
 # 1. Capture overhead: single-row insert transactions with and without the relay's triggers (no relay
 #    running: the triggers' cost alone).
 log "1. capture overhead (pgbench, ${capture_rounds}x${capture_seconds}s each way, synchronous_commit off)"
@@ -343,6 +527,7 @@ latency_run held warn "$held_seconds" hold "$held_window"
 held_pg_us=$stream_pg_us; held_hwm=$lat_hwm; held_cpu_us=$stream_cpu_us
 held_windows=$(grep '^window_' "$work/held.result" | sed 's/^window_[0-9]*=//' | tr '\n' ';' | sed 's/;$//; s/;/; /g')
 stream_cpu_us=$saved_cpu; lat_hwm=$saved_hwm
+stalled_scenario
 
 # ---------------------------------------------------------------------------------------------------------
 # 2. End-to-end throughput: two producer connections flat out while the relay delivers.
@@ -619,6 +804,7 @@ report=$work/report.md
   echo "| 3c | latency with one Canvas transaction held open for ${held_seconds}s, per ${held_window}s window of commit time | $held_windows | flat | | p50 1.5 ms, p99 5 ms |"
   echo "| 3c | PostgreSQL CPU per event: plain stream vs with the held transaction | $lat_pg_us µs vs $held_pg_us µs | no growth | | |"
   echo "| 3c | relay CPU per event and VmHWM with the held transaction | $held_cpu_us µs, $(mb "$held_hwm") | flat | | |"
+  stalled_rows
   echo "| 4 | backlog drain, $drain_events events, from relay start | $big_rate events/s | at least 30,000/s | $(verdict "$big_rate" ">=" 30000) | 10,000-14,000/s |"
   echo "| 4 | backlog drain against $baseline_name, same run, $baseline_events events, median of $baseline_rounds each | $vs_rate | at least x1.5 | $vs_rate_v | |"
   echo "| 5 | relay CPU per event while draining | $big_cpu_us µs | at most 15 µs | $(verdict "$big_cpu_us" "<=" 15) | 50-85 µs |"
@@ -640,6 +826,7 @@ report=$work/report.md
   echo "- Latency: $(kv "$work/lat.produced" changes) changes, $lat_n notifiable (cycle per appointment: created, BKD, cancelled, reverted, rescheduled, checked_in); p90 $(ms "$(kv "$work/lat.result" p90_us)"), mean $(ms "$(kv "$work/lat.result" mean_us)"), min $(ms "$(kv "$work/lat.result" min_us)") (negative: the webhook arrived before the producer, descheduled after its COMMIT returned, read its clock; the row above measures from the capturing trigger's clock_timestamp() instead, which is before the COMMIT and its WAL flush); missing $(kv "$work/lat.result" missing), duplicates $(kv "$work/lat.result" duplicates). Commit time: producer's clock right after COMMIT returns; receipt: the receiver's clock when the request is read. At log level info (a run of the same length and rate, one info line per delivered event to a file): p90 $(ms "$(kv "$work/lat_info.result" p90_us)"), relay CPU $info_cpu_us µs per event, VmHWM $(mb "$info_hwm")."
   echo "- Throughput: $(kv "$work/flood.produced" changes) changes, $flood_n notifiable in $(kv "$work/flood.produced" seconds)s; window from ${flood_warmup}s after the first commit to the last; last receipt $(kv "$work/flood.result" catch_up_ms) ms after the last commit; latency under this load p50 $(ms "$(kv "$work/flood.result" p50_us)"), p99 $(ms "$(kv "$work/flood.result" p99_us)"); relay CPU $flood_cpu_us µs per event; CPU use over the run (% of one core): $flood_split; VmHWM $(mb "$flood_hwm")."
   echo "- Drain: $drain_events events (half created, half cancelled), inserted in ${big_insert_s}s in transactions of 10,000 rows before the relay starts; rate = events / (last receipt - relay start), start-up included; from the first receipt: $(kv "$work/drain_big.result" per_s_from_first)/s; first receipt $(kv "$work/drain_big.result" first_receipt_ms) ms after start. CPU from relay start to the last 2xx: $big_split. Smaller backlog ($drain_small): $small_rate/s, $small_cpu_us µs per event. CPU per event: the relay's whole utime+stime (start-up included) over the events."
+  stalled_details
   echo "- Steady stream: relay CPU (utime+stime) over the stream divided by its $lat_n notifiable events; VmHWM $(mb "$lat_hwm")."
   echo "- What the relay costs the database (issue 11; method in notes.md). Drain of $drain_events events: WAL from just before the relay starts (after VACUUM ANALYZE and a CHECKPOINT) to its exit, stopped as soon as the last event was received (its last outcome writes included), $big_wal_b B per event${big_wal_note:+ ($big_wal_note)}; to the last receipt, $big_wal_receipt_b B. PostgreSQL CPU: every postgres process's utime+stime over the same span, over the events. Events counted delivered by the relay's /metrics (2xx answers), checked against the receiver's record. Retention: the relay restarted with database.retention 1 s after a VACUUM ANALYZE and a CHECKPOINT; WAL from just before its start to the end of the wait (outbox empty, or no shrinking for ${retention_quiet}s after it began, or ${retention_limit}s): $ret_wal_b B for $ret_removed rows${ret_wal_note:+ ($ret_wal_note)}; dead tuples (pg_stat_user_tables after the relay's backends exited): $ret_dead_tables; tables of the schema vacuumed meanwhile: $ret_vacuums."
   [ -n "$baseline" ] && echo "- Against $baseline ($build_type build of its own git worktree, same flags; its databases migrated by it): $baseline_rounds drains of $baseline_events events each, alternating (ABBA), one database each; the table gives medians. Per round, $baseline then this build: events/s ${cmp[b.rate]# } vs ${cmp[c.rate]# }; from the first receipt ${cmp[b.first]# } vs ${cmp[c.first]# } (medians $cmp_b_first_m vs $cmp_c_first_m); relay µs/event ${cmp[b.cpu]# } vs ${cmp[c.cpu]# }; PostgreSQL µs/event ${cmp[b.pg]# } vs ${cmp[c.pg]# }; WAL B/event ${cmp[b.wal]# } vs ${cmp[c.wal]# }. This build starts sending a lease (200 ms here) after it takes the leadership lock; $baseline has no lease."
