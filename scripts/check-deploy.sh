@@ -190,6 +190,12 @@ check_kubernetes() {
     # The container's view: the ConfigMap's file and the Secret's variables, nothing else.
     local vars=() line
     while IFS= read -r line; do vars+=("$line"); done <"$work/extracted/env"
+    # The admin token is the Secret's key admin-token mounted as a file: here, a file of the same content.
+    local token
+    token=$(sed -n 's/^ *admin-token: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$work/rendered.yaml" | head -n 1)
+    [ -n "$token" ] || fail "the Secret has no admin-token"
+    (umask 077 && printf '%s\n' "$token" >"$work/admin-token")
+    sed -i "s#/run/secrets/appointment-relay/admin-token#$work/admin-token#" "$work/extracted/appointment-relay.toml"
     env -i PATH=/usr/bin:/bin "${vars[@]}" "$relay" check-config --config "$work/extracted/appointment-relay.toml" \
       >"$work/check-config.out" 2>&1 || { cat "$work/check-config.out" >&2; fail "check-config of the ConfigMap"; }
     log "check-config accepts the ConfigMap's appointment-relay.toml with the Secret's variables"

@@ -10,6 +10,7 @@ build=(g++ cmake ninja-build pkg-config make libboost-dev libboost-system-dev nl
   libpqxx-dev libssl-dev libtomlplusplus-dev libsystemd-dev)
 test=(libgtest-dev libgmock-dev libbenchmark-dev postgresql postgresql-contrib openssl curl procps iproute2 clang
   libclang-rt-14-dev prometheus nodejs
+  chromium  # the admin status page in a real browser (tests/faults/admin_api_test.cpp)
   scdoc dpkg-dev file lintian bash-completion)  # the Debian package's check (scripts/package.sh --build-dir)
 want=("${runtime[@]}")
 case "${1:-}" in

@@ -8,12 +8,13 @@
 namespace appointment_relay::cli {
 namespace {
 
-constexpr std::array<std::pair<std::string_view, command>, 10> command_names{{
+constexpr std::array<std::pair<std::string_view, command>, 11> command_names{{
     {"run", command::run},
     {"migrate", command::migrate},
     {"check-config", command::check_config},
     {"status", command::status},
     {"replay", command::replay},
+    {"events", command::events},
     {"pause", command::pause},
     {"resume", command::resume},
     {"health", command::health},
@@ -133,9 +134,11 @@ std::variant<invocation, usage_error> parse_command_line(const std::vector<std::
     return usage_error{std::move(message)};
   };
   auto takes_value = [](std::string_view name) {
-    return name == "--config" || name == "-c" || name == "--endpoint" || name == "--reason" ||
-           name == "--event-id" || name == "--since" || name == "--until" || name == "--admin";
+    return name == "--config" || name == "-c" || name == "--endpoint" || name == "--appointment" ||
+           name == "--reason" || name == "--event-id" || name == "--since" || name == "--until" ||
+           name == "--admin" || name == "--state" || name == "--kind" || name == "--limit";
   };
+  bool events_show_id = false;  // `events show` has had its EVENT_ID
 
   for (std::size_t i = 0; i < args.size(); ++i) {
     std::string_view a = args[i];
@@ -162,6 +165,19 @@ std::variant<invocation, usage_error> parse_command_line(const std::vector<std::
       if (!cmd) return err("unknown command '" + std::string(a) + "'");
       continue;
     }
+    if (*cmd == command::events && !inv.events.show && !events_show_id && a == "show") {
+      inv.events.show = 0;
+      continue;
+    }
+    if (*cmd == command::events && inv.events.show && !events_show_id) {
+      std::int64_t id = 0;
+      auto [ptr, ec] = std::from_chars(a.data(), a.data() + a.size(), id);
+      if (ec != std::errc{} || ptr != a.data() + a.size() || id <= 0)
+        return err("events show: EVENT_ID must be a positive integer, got '" + std::string(a) + "'");
+      inv.events.show = id;
+      events_show_id = true;
+      continue;
+    }
     if (*cmd == command::help && !help_topic) {
       help_topic = find_command(a);
       if (!help_topic) return err("unknown command '" + std::string(a) + "'");
@@ -181,8 +197,8 @@ std::variant<invocation, usage_error> parse_command_line(const std::vector<std::
         return inv;
       }
     return err(
-        "no command given (run, migrate, check-config, status, replay, pause, resume, health, version, "
-        "help)");
+        "no command given (run, migrate, check-config, status, replay, events, pause, resume, health, "
+        "version, help)");
   }
   inv.cmd = *cmd;
   if (*cmd == command::help) {
@@ -208,10 +224,46 @@ std::variant<invocation, usage_error> parse_command_line(const std::vector<std::
       inv.endpoint = *o.value;
     } else if (n == "--reason" && *cmd == command::pause) {
       inv.reason = *o.value;
-    } else if (n == "--json" && *cmd == command::status) {
+    } else if (n == "--json" && (*cmd == command::status || *cmd == command::events)) {
       inv.json = true;
+    } else if (*cmd == command::events && (n == "--appointment" || n == "--endpoint")) {
+      if (o.value->empty()) return err("option '" + n + "' needs a value");
+      (n == "--appointment" ? inv.events.appointment : inv.events.endpoint) = *o.value;
+    } else if (n == "--state" && *cmd == command::events) {
+      const auto& v = *o.value;
+      if (v != "pending" && v != "delivered" && v != "retrying" && v != "dead" && v != "skipped")
+        return err("option '--state' needs pending, delivered, retrying, dead or skipped, got '" + v + "'");
+      inv.events.state = v;
+    } else if (n == "--kind" && *cmd == command::events) {
+      const auto& v = *o.value;
+      if (v != "created" && v != "rescheduled" && v != "cancelled" && v != "no_show" && v != "reverted" &&
+          v != "checked_in")
+        return err(
+            "option '--kind' needs created, rescheduled, cancelled, no_show, reverted or checked_in, got '" +
+            v + "'");
+      inv.events.kind = v;
+    } else if (n == "--limit" && *cmd == command::events) {
+      std::size_t limit = 0;
+      const auto& v = *o.value;
+      auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), limit);
+      if (v.empty() || ec != std::errc{} || ptr != v.data() + v.size() || limit < 1 || limit > 10000)
+        return err("option '--limit' needs a number from 1 to 10000, got '" + v + "'");
+      inv.events.limit = limit;
+    } else if ((n == "--since" || n == "--until") && *cmd == command::events) {
+      auto t = parse_time(*o.value);
+      if (!t)
+        return err("option '" + n + "' needs a time such as 2024-05-01T12:00:00Z or 2024-05-01, got '" +
+                   *o.value + "'");
+      (n == "--since" ? inv.events.since : inv.events.until) = t;
     } else if (n == "--all" && *cmd == command::replay) {
       inv.replay.all = true;
+    } else if (n == "--delivered" && *cmd == command::replay) {
+      inv.replay.delivered = true;
+    } else if (n == "--dry-run" && *cmd == command::replay) {
+      inv.replay.dry_run = true;
+    } else if (n == "--appointment" && *cmd == command::replay) {
+      if (o.value->empty()) return err("option '--appointment' needs an appointment's external id");
+      inv.replay.appointment = *o.value;
     } else if (n == "--endpoint" && *cmd == command::replay) {
       if (o.value->empty()) return err("option '--endpoint' needs an endpoint name");
       inv.replay.endpoint = *o.value;
@@ -234,16 +286,29 @@ std::variant<invocation, usage_error> parse_command_line(const std::vector<std::
   }
 
   if (inv.help) return inv;
+  if (*cmd == command::events) {
+    const auto& e = inv.events;
+    if (e.show && !events_show_id) return err("events show: say which event: events show EVENT_ID");
+    if (e.show && (e.appointment || e.endpoint || e.state || e.kind || e.since || e.until))
+      return err("events show: takes no filter, only EVENT_ID (and --json)");
+    if (e.since && e.until && *e.since >= *e.until) return err("events: --since must be before --until");
+  }
   if (*cmd == command::health && inv.admin && inv.config_path)
     return err("health: give --admin or --config, not both");
   if ((*cmd == command::pause || *cmd == command::resume) && inv.endpoint.empty())
     return err(cmd_name + ": say which endpoint: --endpoint NAME");
   if (*cmd == command::replay) {
     const auto& r = inv.replay;
-    bool narrowed = r.endpoint || r.event_id || r.since || r.until;
-    if (r.all && narrowed) return err("replay: --all excludes --endpoint, --event-id, --since and --until");
+    bool narrowed = r.endpoint || r.event_id || r.since || r.until || r.appointment;
+    if (r.all && r.delivered)
+      return err(
+          "replay: --delivered needs a filter (--appointment, --event-id, --since, --until, --endpoint), not "
+          "--all");
+    if (r.all && narrowed)
+      return err("replay: --all excludes --endpoint, --event-id, --appointment, --since and --until");
     if (!r.all && !narrowed)
-      return err("replay: say what to replay: --all, or --endpoint, --event-id, --since, --until");
+      return err(
+          "replay: say what to replay: --all, or --endpoint, --event-id, --appointment, --since, --until");
     if (r.since && r.until && *r.since >= *r.until) return err("replay: --since must be before --until");
   }
   return inv;
@@ -262,6 +327,8 @@ std::string help_text(command c) {
           "  check-config   validate the configuration and print it, secrets masked\n"
           "  status         show the outbox: pending, dead-lettered and delivered events per endpoint\n"
           "  replay         queue dead-lettered events for delivery again\n"
+          "  events         list events with their state per endpoint; 'events show ID': one with its "
+          "attempts\n"
           "  pause          stop sending to one endpoint (its events wait) until 'resume'\n"
           "  resume         let a paused endpoint's waiting events go out again, in order\n"
           "  health         ask a running relay's admin server whether it is alive (exit 0 or 1)\n"
@@ -288,7 +355,9 @@ std::string help_text(command c) {
           "Signals: SIGHUP reads the configuration again and applies [endpoints.NAME] (added, removed or\n"
           "changed), [retry], log.level, relay.max_pending_per_endpoint, relay.shutdown_timeout and\n"
           "database.batch_size. Other changes (database.url, database.poll_interval, database.retention,\n"
-          "database.leader_lease, admin.listen, log.format, relay.watchdog_interval) need a restart: a\n"
+          "database.dead_letter_retention, database.leader_lease, admin.listen, admin.token_file, "
+          "log.format,\n"
+          "relay.watchdog_interval) need a restart: a\n"
           "warning names them. A reload is applied whole or not at all: if any endpoint cannot be set up\n"
           "(an unreadable CA file, a bad key), nothing changes and the error is logged. SIGTERM or SIGINT\n"
           "drain in-flight deliveries for up to relay.shutdown_timeout; a second signal exits at once.\n"
@@ -348,26 +417,68 @@ std::string help_text(command c) {
       t += "\nExample:\n  appointment-relay status --json -c /etc/appointment-relay/appointment-relay.toml\n";
       return t;
     case command::replay:
-      t = "Usage: appointment-relay replay [--config FILE] (--all | [--endpoint NAME] [--event-id N]\n"
-          "                                 [--since TIME] [--until TIME])\n\n"
-          "Queues dead-lettered deliveries again: their attempts are reset and a running relay picks them "
-          "up\n"
-          "at once (NOTIFY). Prints how many were queued. The filters combine (AND); at least one is "
-          "required,\n"
-          "and --all excludes the others.\n\n"
+      t = "Usage: appointment-relay replay [--config FILE] [--delivered] [--dry-run]\n"
+          "         (--all | [--endpoint NAME] [--event-id N] [--appointment ID] [--since TIME] [--until "
+          "TIME])\n\n"
+          "Queues dead-lettered deliveries again (or, with --delivered, delivered ones: to send again what "
+          "a\n"
+          "receiver lost): their attempts are reset and a running relay picks them up at once (NOTIFY). "
+          "They\n"
+          "keep their webhook-id (receivers deduplicate on it) and go out in order per appointment. Prints "
+          "how\n"
+          "many were queued. The filters combine (AND); at least one is required, and --all (dead letters\n"
+          "only) excludes the others.\n\n"
           "Options:\n";
       t += config_option_text;
       t += "  --all               every dead-lettered delivery\n"
+           "  --delivered         delivered events instead of dead letters (needs a filter)\n"
+           "  --dry-run           list what would be sent again, change nothing\n"
            "  --endpoint NAME     deliveries to this endpoint only\n"
            "  --event-id N        the outbox event with this id only\n"
+           "  --appointment ID    events of this appointment (its external id) only\n"
            "  --since TIME        events captured at or after TIME\n"
            "  --until TIME        events captured before TIME\n"
            "TIME: 2024-05-01T12:00:00Z, 2024-05-01T14:00:00+02:00 or a date (2024-05-01, midnight UTC).\n\n"
            "Environment:\n  APPOINTMENT_RELAY_DATABASE_URL (or _FILE) and the others of 'appointment-relay "
            "--help'.\n\n";
       t += exit_codes_text;
-      t += "\nExample:\n  appointment-relay replay --endpoint crm --since 2024-05-01T00:00:00Z -c "
-           "relay.toml\n";
+      t += "\nExamples:\n  appointment-relay replay --endpoint crm --since 2024-05-01T00:00:00Z -c "
+           "relay.toml\n"
+           "  appointment-relay replay --delivered --appointment 8c1d2e4f-... --dry-run -c relay.toml\n";
+      return t;
+    case command::events:
+      t = "Usage: appointment-relay events [--config FILE] [--appointment ID] [--endpoint NAME] [--state S]\n"
+          "                                [--kind K] [--since TIME] [--until TIME] [--limit N] [--json]\n"
+          "       appointment-relay events show EVENT_ID [--config FILE] [--json]\n\n"
+          "Lists captured events, newest first, one line per event and endpoint: its id, when it was "
+          "captured,\n"
+          "its kind, the appointment, its state there, the attempts made and the last error. 'events show'\n"
+          "prints one event: the payload, the webhook-id, and every attempt per endpoint (when, the HTTP "
+          "status\n"
+          "or the transport error, the latency, the first 1 KiB of the response body). A successful first\n"
+          "attempt is recorded only as the outcome. Dead letters are listed as long as they are kept; other\n"
+          "events until retention removes them. Reads the database only. The filters combine (AND).\n\n"
+          "States: pending (not done yet, or put back by replay), delivered, retrying, dead, skipped (never\n"
+          "sent there: not a notification, a kind the endpoint does not want, or captured before the\n"
+          "endpoint started).\n\n"
+          "Options:\n";
+      t += config_option_text;
+      t += "  --appointment ID    the appointment's external id (reads every event in the time range)\n"
+           "  --endpoint NAME     this endpoint only (else every configured one)\n"
+           "  --state S           pending, delivered, retrying, dead or skipped\n"
+           "  --kind K            created, rescheduled, cancelled, no_show, reverted or checked_in\n"
+           "  --since TIME        events captured at or after TIME\n"
+           "  --until TIME        events captured before TIME\n"
+           "  --limit N           at most N lines (1 to 10000; default 100)\n"
+           "  --json              print JSON instead of a table (for scripts)\n"
+           "TIME: 2024-05-01T12:00:00Z, 2024-05-01T14:00:00+02:00 or a date (2024-05-01, midnight UTC).\n\n"
+           "Environment:\n  APPOINTMENT_RELAY_DATABASE_URL (or _FILE) and the others of 'appointment-relay "
+           "--help'.\n\n";
+      t += exit_codes_text;
+      t += "\nExamples:\n"
+           "  appointment-relay events --appointment 226dec40-7b4c-4d6c-9a0e-5d2c0b6a1f00 -c relay.toml\n"
+           "  appointment-relay events --state dead --since 2024-05-01 --json -c relay.toml\n"
+           "  appointment-relay events show 1234 -c relay.toml\n";
       return t;
     case command::pause:
     case command::resume:

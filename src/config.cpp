@@ -1,5 +1,8 @@
 #include "appointment_relay/config.hpp"
 
+#include <sys/stat.h>
+
+#include "appointment_relay/admin_auth.hpp"
 #include "appointment_relay/json_escape.hpp"
 
 #include <algorithm>
@@ -389,7 +392,7 @@ struct key_row {
   key_value (*get)(const Owner&);        // nullptr: another way to give a key (secret_file), not rendered
 };
 
-const std::array<key_row<config>, 15> section_keys{{
+const std::array<key_row<config>, 17> section_keys{{
     {"database", "url", restart, database_password, required,
      [](config& c, const source& s) {
        c.database.url = std::string(trim(s.str()));
@@ -404,6 +407,11 @@ const std::array<key_row<config>, 15> section_keys{{
        c.database.retention = std::chrono::duration_cast<seconds>(s.duration(1s, true));
      },
      [](const config& c) -> key_value { return c.database.retention; }},
+    {"database", "dead_letter_retention", restart, plain, has_default,
+     [](config& c, const source& s) {
+       c.database.dead_letter_retention = std::chrono::duration_cast<seconds>(s.duration(1s, true));
+     },
+     [](const config& c) -> key_value { return c.database.dead_letter_retention; }},
     {"database", "batch_size", applies, plain, has_default,
      [](config& c, const source& s) {
        c.database.batch_size = static_cast<std::size_t>(s.integer(1, 1'000'000));
@@ -436,6 +444,26 @@ const std::array<key_row<config>, 15> section_keys{{
        check_listen(s, c.admin.listen);
      },
      [](const config& c) -> key_value { return c.admin.listen; }},
+    // The path is shown, never the token; finish() requires it for a listen address that is not loopback.
+    {"admin", "token_file", restart, plain, has_default,
+     [](config& c, const source& s) {
+       c.admin.token_file = std::string(trim(s.str()));
+       c.admin.token.clear();
+       if (c.admin.token_file.empty()) return;
+       std::string err;
+       auto content = read_text_file(c.admin.token_file, &err);
+       if (!content) s.fail("cannot read '" + c.admin.token_file + "': " + err);
+       while (!content->empty() && (content->back() == '\n' || content->back() == '\r')) content->pop_back();
+       // A bearer token is sent in a header: no blanks or control characters; short ones can be guessed.
+       if (content->size() < 16 || std::any_of(content->begin(), content->end(), [](char ch) {
+             auto u = static_cast<unsigned char>(ch);
+             return u <= 0x20 || u == 0x7f;
+           }))
+         s.fail("the token in '" + c.admin.token_file +
+                "' must be at least 16 characters without blanks or control characters (value not shown)");
+       c.admin.token = std::move(*content);
+     },
+     [](const config& c) -> key_value { return c.admin.token_file; }},
     {"log", "format", restart, plain, has_default,
      [](config& c, const source& s) {
        auto v = s.str();
@@ -525,6 +553,7 @@ const std::array<key_row<endpoint_config>, 18> endpoint_keys{{
        auto content = read_text_file(path, &err);
        if (!content) s.fail("cannot read '" + path + "': " + err);
        set_secrets(ep, s, split_list(*content));
+       ep.secret_files.push_back(path);
      },
      nullptr},
     {"endpoints", "kinds", applies, plain, has_default,
@@ -571,6 +600,7 @@ const std::array<key_row<endpoint_config>, 18> endpoint_keys{{
            content->pop_back();
          s.check_header(name, *content);
          read.emplace_back(std::move(name), std::move(*content));
+         ep.secret_files.push_back(path);
        }
        add_headers(ep, s, std::move(read));
      },
@@ -819,6 +849,7 @@ void apply_environment(builder& b, const std::map<std::string, std::string>& env
         if (!content) throw config_error(var + ": cannot read '" + value + "': " + err);
         while (!content->empty() && (content->back() == '\n' || content->back() == '\r')) content->pop_back();
         entries.push_back({var + " ('" + value + "')", base, *content});
+        b.cfg.secret_files.push_back(value);
         continue;
       }
     }
@@ -899,6 +930,10 @@ config finish(builder& b) {
     if (k.need == required && !given(b.given, k))
       throw config_error(key_path(k) + ": missing: set " + std::string(k.name) + " in [" +
                          std::string(k.section) + "] or " + std::string(env_prefix) + env_name(k));
+  if (!b.cfg.admin.listen.empty() && b.cfg.admin.token.empty() && !is_loopback_listen(b.cfg.admin.listen))
+    throw config_error("admin.listen: " + b.cfg.admin.listen +
+                       " is not a loopback address: set admin.token_file too (a bearer token then guards "
+                       "everything but /healthz and /readyz)");
   if (b.cfg.retry.max_delay < b.cfg.retry.base_delay)
     throw config_error("retry.max_delay (" + format_duration(b.cfg.retry.max_delay) +
                        ") is below retry.base_delay (" + format_duration(b.cfg.retry.base_delay) + ")");
@@ -989,6 +1024,40 @@ std::string mask_conninfo(const std::string& s) {
 }
 
 }  // namespace
+
+namespace {
+// localhost, 127.0.0.0/8, ::1: traffic that never leaves the machine.
+bool is_loopback_host(std::string_view host) {
+  return host == "localhost" || host.starts_with("127.") || host == "::1" || host.ends_with(".localhost");
+}
+}  // namespace
+
+std::vector<std::string> config_warnings(const config& cfg) {
+  std::vector<std::string> out;
+  std::vector<std::pair<std::string, std::string>> files;  // path, what it holds
+  for (const auto& f : cfg.secret_files) files.emplace_back(f, "a secret");
+  if (!cfg.admin.token_file.empty()) files.emplace_back(cfg.admin.token_file, "admin.token_file");
+  for (const auto& ep : cfg.endpoints) {
+    for (const auto& f : ep.secret_files) files.emplace_back(f, "a secret of endpoint " + ep.name);
+    if (!ep.tls.client_key_file.empty())
+      files.emplace_back(ep.tls.client_key_file, "the TLS client key of endpoint " + ep.name);
+    if (!ep.target.tls && !is_loopback_host(ep.target.host))
+      out.push_back("endpoint " + ep.name + " sends to " + ep.target.host +
+                    " over plain http: payloads, signatures and headers travel unencrypted (use https)");
+    if (!ep.tls.verify_peer)
+      out.push_back("endpoint " + ep.name +
+                    " has verify_peer = false: any server can pose as it (for testing only)");
+  }
+  for (const auto& [path, what] : files) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0 || (st.st_mode & (S_IRWXG | S_IRWXO)) == 0) continue;
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    out.push_back("file " + path + " (" + what + ") is open to group or others (mode " + mode +
+                  "): chmod 600 it");
+  }
+  return out;
+}
 
 bool reserved_header(std::string_view name) {
   static constexpr std::array<std::string_view, 17> reserved{"host",

@@ -395,6 +395,7 @@ void active_loop(state& s, store& db) {
   auto next_heartbeat = steady::now() + s.settings.heartbeat;
   housekeeping_task make_partitions{"making outbox partitions"};
   housekeeping_task retention{"retention"};
+  housekeeping_task dead_letters{"dead letter retention"};
   for (;;) {
     // Reads first: they are on the latency path, outcome writes are not.
     if (!s.is_stopping()) run_fetches(s, db);
@@ -433,6 +434,11 @@ void active_loop(state& s, store& db) {
           retention([&] {
             auto n = db.purge(s.settings.retention, endpoints);
             if (n > 0) spdlog::info("database: retention dropped {} delivered outbox rows", n);
+          });
+          dead_letters([&] {
+            if (auto n = db.purge_dead_letters(s.settings.dead_letter_retention); n > 0)
+              spdlog::warn("database: {} dead letters older than dead_letter_retention ({} days) removed", n,
+                           s.settings.dead_letter_retention.count() / 86400);
           });
         }
       }

@@ -6,6 +6,7 @@
 #include <random>
 #include <unordered_map>
 
+#include <openssl/sha.h>
 #include <spdlog/spdlog.h>
 
 #include "appointment_relay/appointment_order.hpp"
@@ -33,6 +34,28 @@ using steady = std::chrono::steady_clock;
 // by this much, the lane gives the attempt up (cancelling the request) rather than hold the appointment.
 constexpr auto answer_grace = std::chrono::seconds(5);
 
+// W3C trace context (traceparent): the trace id of an event, the same on every attempt to every endpoint
+// and after a restart: the first 16 bytes of SHA-256 over the installation and the event id, in hex.
+std::string trace_id(std::string_view installation_id, std::int64_t event_id) {
+  const std::string text = std::string(installation_id) + ":" + std::to_string(event_id);
+  unsigned char digest[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest);
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  for (int i = 0; i < 16; ++i) {
+    out += hex[digest[i] >> 4];
+    out += hex[digest[i] & 15];
+  }
+  return out;
+}
+
+// A random span id for one attempt: 8 bytes in hex, never all zero (invalid in the spec).
+std::string span_id(std::mt19937_64& rng) {
+  std::uint64_t v = 0;
+  while (v == 0) v = rng();
+  return fmt::format("{:016x}", v);
+}
+
 std::int64_t unix_ms_now() {
   using namespace std::chrono;
   return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
@@ -51,6 +74,8 @@ struct item {
   std::string key;
   std::string payload;
   std::string webhook_id;
+  std::string trace_id;  // W3C trace context: one trace per event (all its attempts and endpoints)
+  std::string span_id;   // the current attempt's span
   int attempts = 0;
   std::optional<std::int64_t> first_attempt_ms;
   bool replayed = false;  // from the dead letters: its delivery row must be updated (store.hpp)
@@ -362,6 +387,7 @@ class lane : public std::enable_shared_from_this<lane> {
     it.key = std::move(n.ordering_key);
     it.payload = std::move(n.payload);
     it.webhook_id = webhook_id(installation_, e.id, cfg_.name);
+    it.trace_id = trace_id(installation_, e.id);
     it.attempts = e.attempts;
     it.first_attempt_ms = e.first_attempt_ms;
     it.replayed = e.replayed;
@@ -409,7 +435,10 @@ class lane : public std::enable_shared_from_this<lane> {
       if (cfg_.rate_limit > 0) tokens_ -= 1.0;
       send(*id, now_ms);
     }
-    if (auto due = order_.next_due()) arm_timer(*due, now_ms);
+    // Only a time still to come: an event due now that did not go waits for a slot or a token, and the end of
+    // an attempt or the token's timer runs pump again. Armed for a past time, the timer would fire at once
+    // and spin (seen: ~76,000 timer arms per second while a stalled receiver held every slot).
+    if (auto due = order_.next_due(); due && *due > now_ms) arm_timer(*due, now_ms);
   }
 
   // The breaker is open: one attempt at a time, the head that has waited longest, at the probe time (the
@@ -514,8 +543,10 @@ class lane : public std::enable_shared_from_this<lane> {
     if (!it.first_attempt_ms) it.first_attempt_ms = now_ms;
     const auto timestamp = now_ms / 1000;
     header_list headers;
-    headers.reserve(3 + cfg_.headers.size());
+    headers.reserve(4 + cfg_.headers.size());
     headers.insert(headers.end(), cfg_.headers.begin(), cfg_.headers.end());
+    it.span_id = span_id(rng_);
+    headers.emplace_back("traceparent", "00-" + it.trace_id + "-" + it.span_id + "-01");
     headers.emplace_back("webhook-id", it.webhook_id);
     headers.emplace_back("webhook-timestamp", std::to_string(timestamp));
     if (!keys_.empty())
@@ -615,6 +646,7 @@ class lane : public std::enable_shared_from_this<lane> {
         r.status > 0 ? "status=" + std::to_string(r.status) : "status=0 error=\"" + r.error + "\"";
     const auto latency_ms = static_cast<double>(r.latency.count()) / 1000.0;
     const auto kind = to_string(it.kind);
+    const std::string trace = "trace_id=" + it.trace_id + " span_id=" + it.span_id;
 
     delivery_update u;
     u.event_id = a.event_id;
@@ -625,16 +657,17 @@ class lane : public std::enable_shared_from_this<lane> {
     u.replayed = it.replayed;
     switch (d.what) {
       case verdict::delivered:
-        spdlog::info("delivered event={} kind={} appointment={} endpoint={} attempt={} {} latency_ms={:.1f}",
-                     a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms);
+        spdlog::info(
+            "delivered event={} kind={} appointment={} endpoint={} attempt={} {} latency_ms={:.1f} {}",
+            a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms, trace);
         metrics_.delivered(cfg_.name, kind, static_cast<double>(unix_us_now() - it.captured_at_us) / 1e6);
         u.state = delivery_state::delivered;
         break;
       case verdict::retry:
         spdlog::warn(
-            "retry event={} kind={} appointment={} endpoint={} attempt={} {} latency_ms={:.1f} "
+            "retry event={} kind={} appointment={} endpoint={} attempt={} {} latency_ms={:.1f} {} "
             "next_in_ms={}",
-            a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms, d.delay.count());
+            a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms, trace, d.delay.count());
         metrics_.retry(cfg_.name, kind);
         u.state = delivery_state::retrying;
         u.next_attempt_ms = now_ms + d.delay.count();
@@ -642,14 +675,25 @@ class lane : public std::enable_shared_from_this<lane> {
         break;
       case verdict::dead:
         spdlog::error(
-            "dead letter event={} kind={} appointment={} endpoint={} attempt={} {} latency_ms={:.1f} "
+            "dead letter event={} kind={} appointment={} endpoint={} attempt={} {} latency_ms={:.1f} {} "
             "reason=\"{}\"",
-            a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms, d.reason);
+            a.event_id, kind, it.key, cfg_.name, it.attempts, outcome, latency_ms, trace, d.reason);
         metrics_.dead_letter(cfg_.name, dead_letter_label(d.cause, r.status));
         u.state = delivery_state::dead;
         u.last_error = r.status > 0 ? "http " + std::to_string(r.status) : r.error;
         u.dead_reason = d.reason;
         break;
+    }
+    if (d.what != verdict::delivered) {
+      // Its history (events show): written with this outcome, nothing for a success.
+      attempt_record failed;
+      failed.attempt = it.attempts;
+      failed.at_ms = now_ms;
+      failed.status = r.status;
+      failed.error = r.error;
+      failed.latency_ms = latency_ms;
+      failed.response_body = std::move(r.body_prefix);
+      u.failed_attempt = std::move(failed);
     }
     outcomes_.add(std::move(u));
     if (d.what == verdict::retry) {

@@ -16,6 +16,8 @@
 
 #include <openssl/ssl.h>
 
+#include "appointment_relay/json_escape.hpp"
+
 namespace appointment_relay {
 namespace {
 
@@ -428,6 +430,8 @@ class client final : public http_client, public std::enable_shared_from_this<cli
       info.status = static_cast<int>(res.result_int());
       if (auto it = res.find(http::field::retry_after); it != res.end())
         info.retry_after = std::string(it->value());
+      if (info.status < 200 || info.status > 299)
+        info.body_prefix = valid_utf8(res.body(), body_prefix_limit);
       // The server closes after this response: so do we (the next request reconnects).
       if (!res.keep_alive()) drop(c);
       co_return info;

@@ -1,5 +1,6 @@
 #include "appointment_relay/json_escape.hpp"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 
@@ -85,6 +86,27 @@ void append_json_escaped(std::string_view s, std::string& out) {
       ++i;
     }
   }
+}
+
+std::string valid_utf8(std::string_view s, std::size_t max_bytes) {
+  static constexpr std::string_view replacement = "\xef\xbf\xbd";  // U+FFFD
+  std::string out;
+  out.reserve(std::min(s.size(), max_bytes));
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    std::string_view piece = replacement;
+    std::size_t used = 1;
+    if (c >= 0x01 && c < 0x80) {
+      piece = s.substr(i, 1);
+    } else if (auto len = utf8_sequence(s, i)) {
+      piece = s.substr(i, len);
+      used = len;
+    }
+    if (out.size() + piece.size() > max_bytes) break;
+    out.append(piece);
+    i += used;
+  }
+  return out;
 }
 
 }  // namespace appointment_relay

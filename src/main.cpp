@@ -7,11 +7,13 @@
 #include <cstdlib>
 #include <ctime>
 #include <iostream>
+#include <map>
 
 #include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <nlohmann/json.hpp>
 
+#include "appointment_relay/admin_views.hpp"
 #include "appointment_relay/cli.hpp"
 #include "appointment_relay/config.hpp"
 #include "appointment_relay/health.hpp"
@@ -50,33 +52,11 @@ int print_status(const ar::config& cfg, bool json) {
   ar::store db(cfg.database.url);
   auto report = db.status(endpoint_names(cfg));
   if (json) {
-    auto out = nlohmann::json::array();
-    for (const auto& s : report) {
-      const auto& c = s.control;
-      nlohmann::json state = {{"state", state_of(c)}, {"health", ar::to_string(c.health.health)}};
-      if (c.health.health != ar::endpoint_health::healthy) {
-        state["since"] = unix_ms_text(c.health.since_ms);
-        state["reason"] = c.health.reason;
-      }
-      if (c.health.health == ar::endpoint_health::open)
-        state["next_probe"] = unix_ms_text(c.health.probe_at_ms);
-      if (c.paused)
-        state["paused"] = {
-            {"by", c.paused_by}, {"at", unix_ms_text(c.paused_at_ms)}, {"reason", c.pause_reason}};
-      if (c.start_id)
-        state["start"] = {
-            {"after_event", *c.start_id}, {"at", unix_ms_text(c.started_at_ms)}, {"reason", c.start_reason}};
-      out.push_back({{"endpoint", s.endpoint},
-                     {"state", state},
-                     {"backlog", s.backlog},
-                     {"oldest_pending_age_seconds", s.oldest_pending_age_seconds
-                                                        ? nlohmann::json(*s.oldest_pending_age_seconds)
-                                                        : nlohmann::json(nullptr)},
-                     {"dead_letters", s.dead_by_reason}});
-    }
-    std::cout << out.dump(2) << "\n";
+    // The admin API's /api/status answers the same (admin_views.cpp).
+    std::cout << ar::status_json(report);
     return cli::exit_ok;
   }
+  for (const auto& w : ar::config_warnings(cfg)) std::printf("warning: %s\n", w.c_str());
   for (const auto& s : report) {
     std::int64_t dead = 0;
     for (const auto& [reason, n] : s.dead_by_reason) dead += n;
@@ -100,6 +80,17 @@ int print_status(const ar::config& cfg, bool json) {
     std::printf("  dead letters: %lld\n", static_cast<long long>(dead));
     for (const auto& [reason, n] : s.dead_by_reason)
       std::printf("    %6lld  %s\n", static_cast<long long>(n), reason.c_str());
+    if (s.oldest_dead_letter_age_seconds) {
+      const double age_days = *s.oldest_dead_letter_age_seconds / 86400.0;
+      const double keep_days = static_cast<double>(cfg.database.dead_letter_retention.count()) / 86400.0;
+      std::printf("  oldest dead letter: %.1f days old (removed after dead_letter_retention, %.0f days)\n",
+                  age_days, keep_days);
+      if (age_days > keep_days / 2)
+        std::printf(
+            "  warning: dead letters of %s are removed in %.1f days unless replayed: "
+            "appointment-relay replay --endpoint %s\n",
+            s.endpoint.c_str(), std::max(0.0, keep_days - age_days), s.endpoint.c_str());
+    }
   }
   return cli::exit_ok;
 }
@@ -111,8 +102,93 @@ int replay(const ar::config& cfg, const cli::replay_filter& f) {
   filter.event_id = f.event_id;
   filter.since = f.since;
   filter.until = f.until;
+  filter.appointment = f.appointment;
+  filter.delivered = f.delivered;
+  filter.endpoints = endpoint_names(cfg);  // an endpoint no longer configured would never send them
+  const char* what = f.delivered ? "delivered events" : "dead letters";
+  if (f.dry_run) {
+    auto [listed, total] = db.replay_preview(filter, 50);
+    std::printf("dry run: %lld %s would be sent again (nothing changed)\n", static_cast<long long>(total),
+                what);
+    for (const auto& c : listed)
+      std::printf("  event %lld  endpoint %s  appointment %s  captured %s\n",
+                  static_cast<long long>(c.event_id), c.endpoint.c_str(), c.appointment.c_str(),
+                  unix_ms_text(c.captured_at_ms).c_str());
+    if (total > static_cast<std::int64_t>(listed.size()))
+      std::printf("  ... and %lld more\n",
+                  static_cast<long long>(total - static_cast<std::int64_t>(listed.size())));
+    return cli::exit_ok;
+  }
   auto n = db.replay(filter);
-  std::printf("%lld dead letters back to pending\n", static_cast<long long>(n));
+  std::printf("%lld %s back to pending\n", static_cast<long long>(n), what);
+  return cli::exit_ok;
+}
+
+// events / events show: a table for people; --json as the admin API's /api/events answers (admin_views).
+int events(const ar::config& cfg, const cli::invocation& inv) {
+  const auto& q = inv.events;
+  std::map<std::string, std::vector<std::string>> kinds;
+  for (const auto& e : cfg.endpoints)
+    for (auto k : e.kinds) kinds[e.name].emplace_back(ar::to_string(k));
+  ar::store db(cfg.database.url);
+  if (q.show) {
+    auto detail = db.event(*q.show, endpoint_names(cfg), kinds);
+    if (detail.empty()) {
+      std::fprintf(stderr, "appointment-relay: no event %lld (unknown, or removed by retention)\n",
+                   static_cast<long long>(*q.show));
+      return cli::exit_failure;
+    }
+    if (inv.json) {
+      std::cout << ar::event_json(*q.show, detail, true);
+      return cli::exit_ok;
+    }
+    const auto& first = detail.front().summary;
+    std::printf("event %lld  captured %s  kind %s  appointment %s\n", static_cast<long long>(first.id),
+                unix_ms_text(first.captured_at_ms).c_str(), first.kind.empty() ? "-" : first.kind.c_str(),
+                first.appointment.empty() ? "-" : first.appointment.c_str());
+    std::printf("payload: %s\n", detail.front().payload.empty() ? "(none: not a notification)"
+                                                                : detail.front().payload.c_str());
+    for (const auto& d : detail) {
+      const auto& s = d.summary;
+      std::printf("\nendpoint %s: %s, %d attempt%s\n  webhook-id: %s\n", s.endpoint.c_str(), s.state.c_str(),
+                  s.attempts, s.attempts == 1 ? "" : "s", d.webhook_id.c_str());
+      if (!s.dead_reason.empty()) std::printf("  dead: %s\n", s.dead_reason.c_str());
+      for (const auto& a : d.attempts) {
+        std::printf("  attempt %d at %s: %s, %.1f ms\n", a.attempt, unix_ms_text(a.at_ms).c_str(),
+                    a.status > 0 ? ("http " + std::to_string(a.status)).c_str() : a.error.c_str(),
+                    a.latency_ms);
+        if (!a.response_body.empty()) std::printf("    body: %s\n", a.response_body.c_str());
+      }
+      // The success itself is recorded only as the outcome.
+      if (s.state == "delivered")
+        std::printf("  attempt %d%s%s: delivered\n", s.attempts, s.last_attempt_ms ? " at " : "",
+                    unix_ms_text(s.last_attempt_ms).c_str());
+    }
+    return cli::exit_ok;
+  }
+  ar::event_filter f;
+  f.appointment = q.appointment;
+  f.endpoint = q.endpoint;
+  f.state = q.state;
+  f.kind = q.kind;
+  f.since = q.since;
+  f.until = q.until;
+  f.limit = q.limit;
+  f.endpoint_kinds = std::move(kinds);
+  auto list = db.events(f, endpoint_names(cfg));
+  if (inv.json) {
+    std::cout << ar::events_json(list);
+    return cli::exit_ok;
+  }
+  std::printf("%-10s %-20s %-11s %-36s %-12s %-9s %8s  %s\n", "EVENT", "CAPTURED", "KIND", "APPOINTMENT",
+              "ENDPOINT", "STATE", "ATTEMPTS", "LAST ERROR");
+  for (const auto& e : list)
+    std::printf("%-10lld %-20s %-11s %-36s %-12s %-9s %8d  %s\n", static_cast<long long>(e.id),
+                unix_ms_text(e.captured_at_ms).c_str(), e.kind.empty() ? "-" : e.kind.c_str(),
+                e.appointment.empty() ? "-" : e.appointment.c_str(), e.endpoint.c_str(), e.state.c_str(),
+                e.attempts, e.dead_reason.empty() ? e.last_error.c_str() : e.dead_reason.c_str());
+  if (list.size() == q.limit)
+    std::printf("(the newest %zu; --limit N for more, --since/--until to narrow)\n", list.size());
   return cli::exit_ok;
 }
 
@@ -192,6 +268,7 @@ int run_command(const cli::invocation& inv) {
   auto cfg = ar::load_config(file, ar::relay_environment());
   switch (inv.cmd) {
     case cli::command::check_config:
+      for (const auto& w : ar::config_warnings(cfg)) std::fprintf(stderr, "warning: %s\n", w.c_str());
       std::cout << "# configuration is valid; effective values (secrets masked):\n" << ar::render_config(cfg);
       return cli::exit_ok;
     case cli::command::migrate: {
@@ -211,6 +288,8 @@ int run_command(const cli::invocation& inv) {
       return print_status(cfg, inv.json);
     case cli::command::replay:
       return replay(cfg, inv.replay);
+    case cli::command::events:
+      return events(cfg, inv);
     case cli::command::run: {
       ar::setup_logging(cfg.log.format, cfg.log.level);
       return ar::run_relay(std::move(cfg), [file] { return ar::load_config(file, ar::relay_environment()); });

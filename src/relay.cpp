@@ -33,6 +33,14 @@ std::vector<std::string> endpoint_names(const config& cfg) {
   return names;
 }
 
+// What the admin API needs to tell an event of a kind an endpoint does not want ("skipped").
+std::map<std::string, std::vector<std::string>> endpoint_kinds(const config& cfg) {
+  std::map<std::string, std::vector<std::string>> kinds;
+  for (const auto& e : cfg.endpoints)
+    for (auto k : e.kinds) kinds[e.name].emplace_back(to_string(k));
+  return kinds;
+}
+
 std::map<std::string, std::chrono::milliseconds> backfill_of(const config& cfg) {
   std::map<std::string, std::chrono::milliseconds> b;
   for (const auto& e : cfg.endpoints) b.emplace(e.name, e.backfill);
@@ -46,6 +54,7 @@ db_worker_settings worker_settings(const config& cfg) {
   ws.backfill = backfill_of(cfg);
   ws.poll_interval = cfg.database.poll_interval;
   ws.retention = cfg.database.retention;
+  ws.dead_letter_retention = cfg.database.dead_letter_retention;
   ws.lease = cfg.database.leader_lease;
   ws.heartbeat = std::max(std::chrono::milliseconds(50), ws.lease / 5);
   return ws;
@@ -55,6 +64,7 @@ void warn_unsigned_endpoints(const config& cfg) {
   for (const auto& e : cfg.endpoints)
     if (e.secrets.empty())
       spdlog::warn("endpoint {} has no signing secret: its webhooks go out unsigned", e.name);
+  for (const auto& w : config_warnings(cfg)) spdlog::warn("configuration: {}", w);
 }
 
 // The running daemon: the components on one io thread, and a handler for each thing that happens to it
@@ -69,11 +79,19 @@ class daemon {
       worker_ = start_db_worker(io_.get_executor(), worker_settings(cfg_), callbacks(), metrics_);
       dispatcher_ = make_dispatcher(io_.get_executor(), dispatch_settings(cfg_), *worker_, metrics_);
       if (!cfg_.admin.listen.empty()) {
-        admin_ = make_admin_server(io_.get_executor(), cfg_.admin.listen, metrics_,
-                                   [this] { return metrics_.database_up(); });
+        admin_api_settings api;
+        // The API's reads wait at most as long as the API waits for them.
+        api.data = store_admin_data(cfg_.database.url, std::chrono::milliseconds(10000));
+        api.endpoints = endpoint_names(cfg_);
+        api.endpoint_kinds = endpoint_kinds(cfg_);
+        api.token = cfg_.admin.token;
+        admin_ = make_admin_server(
+            io_.get_executor(), cfg_.admin.listen, metrics_, [this] { return metrics_.database_up(); },
+            std::move(api));
         admin_->start();
-        spdlog::info("admin server on {} port {} (/healthz, /readyz, /metrics)", cfg_.admin.listen,
-                     admin_->port());
+        spdlog::info("admin server on {} port {} (/healthz, /readyz, /metrics, /api/, status page at /{})",
+                     cfg_.admin.listen, admin_->port(),
+                     cfg_.admin.token.empty() ? "; no token: no payloads" : "; bearer token required");
       }
     } catch (const std::exception& e) {
       spdlog::critical("cannot start: {}", e.what());
@@ -158,6 +176,7 @@ class daemon {
         throw;
       }
       set_log_level(next.log.level);
+      if (admin_) admin_->set_endpoints(endpoint_names(next), endpoint_kinds(next));
       if (!restart.empty()) {
         std::string keys;
         for (const auto& k : restart) keys += (keys.empty() ? "" : ", ") + k;
@@ -183,6 +202,7 @@ class daemon {
     next.database.url = cfg_.database.url;
     next.database.poll_interval = cfg_.database.poll_interval;
     next.database.retention = cfg_.database.retention;
+    next.database.dead_letter_retention = cfg_.database.dead_letter_retention;
     next.database.leader_lease = cfg_.database.leader_lease;
     next.admin = cfg_.admin;
     next.log.format = cfg_.log.format;

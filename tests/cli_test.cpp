@@ -171,6 +171,77 @@ TEST(cli, should_read_the_replay_filters) {
   EXPECT_EQ(ok({"replay", "--since", "2024-05-01T14:00:00+02:00"}).replay.since, 1714564800);
 }
 
+TEST(cli, should_read_the_events_filters_and_events_show) {
+  auto plain = ok({"events"});
+  EXPECT_EQ(plain.cmd, command::events);
+  EXPECT_EQ(to_string(plain.cmd), "events");
+  EXPECT_FALSE(plain.events.show);
+  EXPECT_FALSE(plain.json);
+  EXPECT_EQ(plain.events.limit, 100u);
+  EXPECT_FALSE(plain.events.appointment || plain.events.endpoint || plain.events.state || plain.events.kind ||
+               plain.events.since || plain.events.until);
+
+  auto inv = ok({"events", "--appointment", "226dec40-7b4c", "--endpoint=crm", "--state", "dead", "--kind",
+                 "no_show", "--since", "2024-05-01", "--until=2024-05-02T00:00:00+02:00", "--limit", "20",
+                 "--json", "-c", "r.toml"});
+  EXPECT_EQ(inv.events.appointment, "226dec40-7b4c");
+  EXPECT_EQ(inv.events.endpoint, "crm");
+  EXPECT_EQ(inv.events.state, "dead");
+  EXPECT_EQ(inv.events.kind, "no_show");
+  EXPECT_EQ(inv.events.since, 1714521600);
+  EXPECT_EQ(inv.events.until, 1714600800);
+  EXPECT_EQ(inv.events.limit, 20u);
+  EXPECT_TRUE(inv.json);
+  EXPECT_EQ(inv.config_path, "r.toml");
+  for (auto state : {"pending", "delivered", "retrying", "dead", "skipped"})
+    EXPECT_EQ(ok({"events", "--state", state}).events.state, state);
+  for (auto kind : {"created", "rescheduled", "cancelled", "no_show", "reverted", "checked_in"})
+    EXPECT_EQ(ok({"events", "--kind", kind}).events.kind, kind);
+
+  auto show = ok({"events", "show", "42", "--json"});
+  EXPECT_EQ(show.cmd, command::events);
+  EXPECT_EQ(show.events.show, 42);
+  EXPECT_TRUE(show.json);
+  EXPECT_EQ(ok({"--json", "events", "show", "7"}).events.show, 7);
+  EXPECT_TRUE(ok({"events", "show", "--help"}).help);
+
+  auto text = help_text(command::events);
+  for (auto needed : {"Usage: appointment-relay events", "events show EVENT_ID", "--appointment",
+                      "--endpoint", "--state", "--kind", "--since", "--until", "--limit", "--json",
+                      "--config", "78", "Example", "APPOINTMENT_RELAY_DATABASE_URL", "webhook-id"})
+    EXPECT_NE(text.find(needed), std::string::npos) << needed;
+  EXPECT_NE(help_text(command::help).find("events"), std::string::npos);
+}
+
+TEST(cli, should_reject_bad_events_arguments) {
+  struct row {
+    std::vector<std::string_view> args;
+    std::string expected;
+  };
+  for (const auto& r : std::vector<row>{
+           {{"events", "--state", "lost"}, "'--state' needs pending, delivered, retrying, dead or skipped"},
+           {{"events", "--kind", "booked"}, "'--kind' needs created"},
+           {{"events", "--limit", "0"}, "'--limit' needs a number from 1 to 10000"},
+           {{"events", "--limit", "10001"}, "'--limit' needs a number"},
+           {{"events", "--limit", "ten"}, "'--limit' needs a number"},
+           {{"events", "--since", "yesterday"}, "'--since' needs a time"},
+           {{"events", "--since", "2024-05-02", "--until", "2024-05-01"}, "--since must be before --until"},
+           {{"events", "--appointment="}, "'--appointment' needs a value"},
+           {{"events", "show"}, "events show: say which event"},
+           {{"events", "show", "abc"}, "EVENT_ID must be a positive integer, got 'abc'"},
+           {{"events", "show", "0"}, "EVENT_ID must be a positive integer"},
+           {{"events", "show", "1", "2"}, "unexpected argument '2' for 'events'"},
+           {{"events", "show", "1", "--state", "dead"}, "events show: takes no filter"},
+           {{"events", "list"}, "unexpected argument 'list' for 'events'"},
+           {{"events", "--all"}, "unknown option '--all' for 'events'"},
+           {{"status", "--limit", "3"}, "unknown option '--limit' for 'status'"},
+       }) {
+    auto e = bad(r.args);
+    EXPECT_NE(e.message.find(r.expected), std::string::npos) << e.message;
+    EXPECT_EQ(e.exit_code, exit_usage);
+  }
+}
+
 TEST(cli, should_read_times_in_rfc3339_and_as_dates) {
   struct row {
     std::string_view text;
@@ -275,6 +346,23 @@ TEST(cli, should_parse_pause_and_resume_with_their_endpoint_and_reason) {
   }
   EXPECT_NE(help_text(command::pause).find("--reason TEXT"), std::string::npos);
   EXPECT_NE(help_text(command::help).find("pause"), std::string::npos);
+}
+
+TEST(cli, should_parse_a_replay_of_delivered_events_with_a_filter_and_a_dry_run) {
+  auto r = ok({"replay", "--delivered", "--appointment", "a1b2", "--since", "2024-05-01", "--dry-run"});
+  EXPECT_EQ(r.cmd, command::replay);
+  EXPECT_TRUE(r.replay.delivered);
+  EXPECT_TRUE(r.replay.dry_run);
+  EXPECT_EQ(r.replay.appointment, "a1b2");
+  EXPECT_TRUE(r.replay.since);
+  EXPECT_FALSE(ok({"replay", "--appointment=x"}).replay.delivered);  // dead letters of one appointment
+  EXPECT_NE(bad({"replay", "--delivered", "--all"}).message.find("--delivered needs a filter"),
+            std::string::npos);
+  EXPECT_NE(bad({"replay", "--delivered"}).message.find("say what to replay"), std::string::npos);
+  EXPECT_NE(bad({"replay", "--appointment"}).message.find("needs a value"), std::string::npos);
+  const auto text = help_text(command::replay);
+  for (auto what : {"--delivered", "--dry-run", "--appointment ID", "webhook-id"})
+    EXPECT_NE(text.find(what), std::string::npos) << what;
 }
 
 TEST(cli, should_name_the_exit_codes) {

@@ -347,7 +347,10 @@ TEST(config, should_let_the_environment_override_the_file) {
 }
 
 TEST(config, should_work_from_short_environment_names_alone) {
+  temp_dir dir;
+  auto token = dir.write("admin-token", "0123456789abcdef-admin\n");
   env_map env{{"APPOINTMENT_RELAY_DATABASE_URL", "host=db dbname=canvas"},
+              {"APPOINTMENT_RELAY_ADMIN_TOKEN_FILE", token.string()},
               {"APPOINTMENT_RELAY_ENDPOINT_URL", "http://127.0.0.1:8080/hook"},
               {"APPOINTMENT_RELAY_SIGNING_SECRET", std::string(secret_a) + " " + secret_b},
               {"APPOINTMENT_RELAY_ADMIN_LISTEN", "0.0.0.0:9000"},
@@ -356,6 +359,7 @@ TEST(config, should_work_from_short_environment_names_alone) {
   auto cfg = load_config(std::nullopt, env);
   EXPECT_EQ(cfg.database.url, "host=db dbname=canvas");
   EXPECT_EQ(cfg.admin.listen, "0.0.0.0:9000");
+  EXPECT_EQ(cfg.admin.token, "0123456789abcdef-admin");
   EXPECT_EQ(cfg.log.format, "json");
   EXPECT_EQ(cfg.log.level, "trace");
   ASSERT_EQ(cfg.endpoints.size(), 1u);
@@ -549,6 +553,45 @@ TEST(config, should_read_static_headers_from_a_table_an_array_files_and_the_envi
   EXPECT_NE(text.find("\"X-Tenant: ***\""), std::string::npos) << text;
 }
 
+TEST(config, should_read_the_admin_token_and_require_one_off_loopback) {
+  temp_dir dir;
+  auto token = dir.write("token", "0123456789abcdef-admin\r\n\n");
+  const env_map base{{"APPOINTMENT_RELAY_DATABASE_URL", "host=db"}};
+  auto with = [&](env_map more) {
+    more.insert(base.begin(), base.end());
+    return more;
+  };
+  auto cfg = load_config(std::nullopt, with({{"APPOINTMENT_RELAY_ADMIN_TOKEN_FILE", token.string()}}));
+  EXPECT_EQ(cfg.admin.token, "0123456789abcdef-admin");
+  EXPECT_EQ(cfg.admin.token_file, token.string());
+  // The path is shown, never the token.
+  const auto rendered = render_config(cfg);
+  EXPECT_NE(rendered.find("token_file = \"" + token.string() + "\""), std::string::npos) << rendered;
+  EXPECT_EQ(rendered.find("0123456789abcdef-admin"), std::string::npos) << rendered;
+
+  for (const char* listen : {"127.0.0.1:9187", "127.0.0.2:1", "localhost:9187", "[::1]:9187", ""})
+    EXPECT_EQ(error_of(std::nullopt, with({{"APPOINTMENT_RELAY_ADMIN_LISTEN", listen}})), "(no error)")
+        << listen;
+  for (const char* listen : {"0.0.0.0:9187", "[::]:9187", "10.1.2.3:9187"}) {
+    const auto err = error_of(std::nullopt, with({{"APPOINTMENT_RELAY_ADMIN_LISTEN", listen}}));
+    EXPECT_NE(err.find("admin.listen"), std::string::npos) << err;
+    EXPECT_NE(err.find("token_file"), std::string::npos) << err;
+    EXPECT_EQ(error_of(std::nullopt, with({{"APPOINTMENT_RELAY_ADMIN_LISTEN", listen},
+                                           {"APPOINTMENT_RELAY_ADMIN_TOKEN_FILE", token.string()}})),
+              "(no error)")
+        << listen;
+  }
+  const auto missing =
+      error_of(std::nullopt, with({{"APPOINTMENT_RELAY_ADMIN_TOKEN_FILE", "/nonexistent/x"}}));
+  EXPECT_NE(missing.find("admin.token_file: cannot read '/nonexistent/x'"), std::string::npos) << missing;
+  for (const char* bad : {"short\n", "has a blank in it, long enough\n", ""}) {
+    auto f = dir.write("bad", bad);
+    const auto err = error_of(std::nullopt, with({{"APPOINTMENT_RELAY_ADMIN_TOKEN_FILE", f.string()}}));
+    EXPECT_NE(err.find("at least 16 characters"), std::string::npos) << err;
+    EXPECT_EQ(err.find(bad[0] == '\0' ? "\x01" : bad), std::string::npos) << "the value is shown: " << err;
+  }
+}
+
 TEST(config, should_refuse_headers_the_relay_sets_bad_names_control_characters_and_twice_given_names) {
   temp_dir dir;
   auto with = [&](const std::string& extra) {
@@ -598,6 +641,37 @@ TEST(config, should_read_rate_limit_backfill_and_breaker_settings_and_refuse_a_b
                     {});
   EXPECT_NE(e.find("endpoints.crm.backfill (3d) is longer than database.retention (2d)"), std::string::npos)
       << e;
+}
+
+TEST(config, should_warn_about_open_secret_files_plain_http_off_loopback_and_unverified_tls) {
+  temp_dir dir;
+  auto secret = dir.write("crm.secret", std::string(secret_a) + "\n");
+  std::filesystem::permissions(secret,
+                               std::filesystem::perms::owner_read | std::filesystem::perms::owner_write |
+                                   std::filesystem::perms::group_read | std::filesystem::perms::others_read);
+  auto file = dir.write("relay.toml",
+                        "[database]\nurl = \"host=db\"\n"
+                        "[endpoints.crm]\nurl = \"http://crm.example.com/h\"\nsecret_file = \"" +
+                            secret.string() +
+                            "\"\n"
+                            "[endpoints.local]\nurl = \"http://127.0.0.1:8080/h\"\n"
+                            "[endpoints.lab]\nurl = \"https://lab.example.com/h\"\nverify_peer = false\n");
+  auto warnings = config_warnings(load_config(file, {}));
+  auto has = [&](const std::string& text) {
+    return std::any_of(warnings.begin(), warnings.end(),
+                       [&](auto& w) { return w.find(text) != std::string::npos; });
+  };
+  EXPECT_TRUE(
+      has("file " + secret.string() + " (a secret of endpoint crm) is open to group or others (mode 0644)"));
+  EXPECT_TRUE(has("endpoint crm sends to crm.example.com over plain http"));
+  EXPECT_FALSE(has("endpoint local"));
+  EXPECT_TRUE(has("endpoint lab has verify_peer = false"));
+  EXPECT_EQ(warnings.size(), 3u);
+  for (const auto& w : warnings)
+    EXPECT_EQ(w.find(std::string(secret_a).substr(6, 8)), std::string::npos) << w;
+  std::filesystem::permissions(secret,
+                               std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  EXPECT_EQ(config_warnings(load_config(file, {})).size(), 2u);
 }
 
 // A running configuration from the environment, with an endpoint and a database password.

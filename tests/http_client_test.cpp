@@ -226,6 +226,31 @@ TEST(http_client, should_surface_retry_after) {
   EXPECT_EQ(h.results[2].retry_after, std::nullopt);
 }
 
+TEST(http_client, should_keep_the_first_kib_of_a_failed_responses_body_as_valid_utf8) {
+  test_http_server server(testing::always_status(200));
+  auto long_body = response_plan::with_status(500);
+  long_body.body = std::string(1023, 'a') + "\xc3\xa9" + std::string(500, 'b');  // an e-acute across the cut
+  server.push_plan(long_body);
+  auto invalid = response_plan::with_status(400);
+  invalid.body = std::string("no \xff\xfe UTF-8 \xe2\x82 and a NUL \0 here", 31);
+  server.push_plan(invalid);
+  harness h(server.url());
+  h.post();
+  h.run_until(1);
+  h.post();
+  h.run_until(2);
+  h.post();
+  h.run_until(3);
+  ASSERT_EQ(h.results.size(), 3u);
+  EXPECT_EQ(h.results[0].status, 500);
+  EXPECT_EQ(h.results[0].body_prefix, std::string(1023, 'a')) << "cut before a character that does not fit";
+  EXPECT_EQ(h.results[1].status, 400);
+  EXPECT_EQ(h.results[1].body_prefix,
+            "no \xef\xbf\xbd\xef\xbf\xbd UTF-8 \xef\xbf\xbd\xef\xbf\xbd and a NUL \xef\xbf\xbd here");
+  EXPECT_EQ(h.results[2].status, 200);
+  EXPECT_EQ(h.results[2].body_prefix, "") << "a success's body is not kept";
+}
+
 TEST(http_client, should_time_out_a_slow_response) {
   test_http_server server(testing::always_status(200));
   server.push_plan(response_plan::with_status(200).after(2000ms));

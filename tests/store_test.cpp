@@ -574,6 +574,12 @@ TEST(store, should_drop_old_partitions_every_endpoint_is_done_with_keeping_dead_
   EXPECT_TRUE(back[0].replayed);
   EXPECT_EQ(change_of(back[0]).appointment_external_id,
             external_id(db, change_of(back[0]).appointment_id.value()));
+  // Its outcome is recorded though its row is in outbox_kept: it leaves the replay state (else every restart
+  // would send it again).
+  delivery_update again{2, "a", delivery_state::delivered, 1, 1, 1, {}, "", ""};
+  again.replayed = true;
+  s.record({again}, {});
+  EXPECT_EQ(db.query_value("SELECT state FROM appointment_relay.delivery WHERE event_id = 2"), "delivered");
   // 3 delivered, 5 old now: [3,5) and [5,7) go.
   s.record({{3, "a", delivery_state::delivered, 2, 1, 1, {}, "", ""}}, {});
   db.exec("UPDATE appointment_relay.outbox SET captured_at = now() - interval '10 days' WHERE id = 5");
@@ -763,6 +769,126 @@ TEST(store, should_count_notifications_of_committed_changes) {
     if (n == 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_EQ(n, 1u);
+}
+
+attempt_record failed(int attempt, int status, std::string error, double latency_ms, std::string body) {
+  attempt_record a;
+  a.attempt = attempt;
+  a.at_ms = 1700000000000 + attempt;
+  a.status = status;
+  a.error = std::move(error);
+  a.latency_ms = latency_ms;
+  a.response_body = std::move(body);
+  return a;
+}
+
+std::vector<std::int64_t> ids_of(const std::vector<event_summary>& events) {
+  std::vector<std::int64_t> ids;
+  for (const auto& e : events) ids.push_back(e.id);
+  return ids;
+}
+
+TEST(store, should_keep_failed_attempts_with_their_outcome_and_show_each_events_state_and_history) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  store s(db.url());
+  use_small_partitions(db, s);  // [1,3) [3,5) [5,7) [7,9)
+  auto p = add_patient(db);
+  for (int i = 0; i < 5; ++i) book(db, p.id, add_note(db, p.id));
+  ASSERT_EQ(ids_of(s.read_pending("a", 100)), (std::vector<std::int64_t>{1, 2, 3, 4, 5}));
+  ASSERT_TRUE(s.read_pending("a", 100).empty());  // settles the read floor past every row
+  // 1: failed, then delivered in the same batch (the first update's attempt is kept all the same); 2: dead;
+  // 3: retrying after a reset; 4: delivered at once (a batch record, no attempt row); 5: pending.
+  delivery_update retry1{1, "a", delivery_state::retrying, 1, 1, 1, 4102444800000, "http 503", ""};
+  retry1.failed_attempt = failed(1, 503, "", 12.5, "down \xef\xbf\xbd for maintenance");
+  delivery_update dead2{2, "a", delivery_state::dead, 1, 1, 1, {}, "http 400", "http 400: refused"};
+  dead2.failed_attempt = failed(1, 400, "", 3, "{\"error\":\"bad \\\"payload\\\"\"}");
+  delivery_update retry3{3, "a", delivery_state::retrying, 1, 1, 1, 4102444800000, "connection reset", ""};
+  retry3.failed_attempt = failed(1, 0, "connection reset", 2, "");
+  s.record({retry1,
+            {1, "a", delivery_state::delivered, 2, 1, 2, {}, "", ""},
+            dead2,
+            retry3,
+            {4, "a", delivery_state::delivered, 1, 1, 1, {}, "", ""}},
+           {{"a", 2}});
+  EXPECT_EQ(db.query_value("SELECT string_agg(event_id::text, ',' ORDER BY event_id)"
+                           " FROM appointment_relay.failed_attempt"),
+            "1,2,3");
+
+  auto all = s.events({}, {"a"});
+  ASSERT_EQ(ids_of(all), (std::vector<std::int64_t>{5, 4, 3, 2, 1}));
+  const std::vector<std::string> states = {"pending", "delivered", "retrying", "dead", "delivered"};
+  const std::vector<int> attempts = {0, 1, 1, 1, 2};
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    EXPECT_EQ(all[i].state, states[i]) << all[i].id;
+    EXPECT_EQ(all[i].attempts, attempts[i]) << all[i].id;
+    EXPECT_EQ(all[i].endpoint, "a");
+    EXPECT_EQ(all[i].kind, "created");
+    EXPECT_FALSE(all[i].appointment.empty());
+    EXPECT_GT(all[i].captured_at_ms, 0);
+  }
+  EXPECT_EQ(all[3].dead_reason, "http 400: refused");
+  EXPECT_EQ(all[2].last_error, "connection reset");
+
+  auto detail = s.event(1, {"a"});
+  ASSERT_EQ(detail.size(), 1u);
+  EXPECT_EQ(detail[0].summary.state, "delivered");
+  EXPECT_EQ(detail[0].webhook_id, "msg_" + s.installation_id() + "_1_a");
+  EXPECT_NE(detail[0].payload.find("\"created\":true"), std::string::npos) << detail[0].payload;
+  ASSERT_EQ(detail[0].attempts.size(), 1u);
+  EXPECT_EQ(detail[0].attempts[0].attempt, 1);
+  EXPECT_EQ(detail[0].attempts[0].at_ms, 1700000000001);
+  EXPECT_EQ(detail[0].attempts[0].status, 503);
+  EXPECT_EQ(detail[0].attempts[0].error, "");
+  EXPECT_DOUBLE_EQ(detail[0].attempts[0].latency_ms, 12.5);
+  EXPECT_EQ(detail[0].attempts[0].response_body, "down \xef\xbf\xbd for maintenance");
+  EXPECT_EQ(s.event(2, {"a"})[0].attempts.at(0).response_body, "{\"error\":\"bad \\\"payload\\\"\"}");
+  EXPECT_EQ(s.event(3, {"a"})[0].attempts.at(0).error, "connection reset");
+  EXPECT_TRUE(s.event(4, {"a"})[0].attempts.empty());
+  EXPECT_TRUE(s.event(99, {"a"}).empty());
+  // Two endpoints: one row each; b never saw anything (no watermark): pending there.
+  auto both = s.event(1, {"a", "b"});
+  ASSERT_EQ(both.size(), 2u);
+  EXPECT_EQ(both[1].summary.endpoint, "b");
+  EXPECT_EQ(both[1].summary.state, "pending");
+  EXPECT_TRUE(both[1].attempts.empty());
+
+  auto only = [&](auto change) {
+    event_filter f;
+    change(f);
+    return ids_of(s.events(f, {"a"}));
+  };
+  EXPECT_EQ(only([](auto& f) { f.state = "dead"; }), (std::vector<std::int64_t>{2}));
+  EXPECT_EQ(only([](auto& f) { f.state = "retrying"; }), (std::vector<std::int64_t>{3}));
+  EXPECT_EQ(only([](auto& f) { f.state = "pending"; }), (std::vector<std::int64_t>{5}));
+  EXPECT_EQ(only([](auto& f) { f.state = "delivered"; }), (std::vector<std::int64_t>{4, 1}));
+  EXPECT_EQ(only([](auto& f) { f.kind = "cancelled"; }), (std::vector<std::int64_t>{}));
+  EXPECT_EQ(only([](auto& f) { f.limit = 2; }), (std::vector<std::int64_t>{5, 4}));
+  EXPECT_EQ(only([&](auto& f) { f.appointment = all[2].appointment; }), (std::vector<std::int64_t>{3}));
+  // An endpoint that wants other kinds: what it has no record of is skipped there.
+  EXPECT_EQ(only([](auto& f) {
+              f.state = "skipped";
+              f.endpoint_kinds["a"] = {"cancelled"};
+            }),
+            (std::vector<std::int64_t>{5}));
+  EXPECT_THROW(only([](auto& f) { f.state = "lost"; }), std::invalid_argument);
+  // Captured long ago: --until finds it by id, --since leaves it out.
+  db.exec("UPDATE appointment_relay.outbox SET captured_at = now() - interval '10 days' WHERE id < 5");
+  const auto day_ago = value(db, "SELECT extract(epoch FROM now() - interval '1 day')::bigint");
+  EXPECT_EQ(only([&](auto& f) { f.since = day_ago; }), (std::vector<std::int64_t>{5}));
+  EXPECT_EQ(only([&](auto& f) { f.until = day_ago; }), (std::vector<std::int64_t>{4, 3, 2, 1}));
+
+  // Retention drops [1,3): 1's delivery row goes and its attempts with it; the dead letter 2 is kept, with
+  // its history.
+  EXPECT_EQ(s.purge(std::chrono::hours(24 * 7), {"a"}), 2);
+  EXPECT_EQ(db.query_value("SELECT string_agg(event_id::text, ',' ORDER BY event_id)"
+                           " FROM appointment_relay.failed_attempt"),
+            "2,3");
+  EXPECT_EQ(ids_of(s.events({}, {"a"})), (std::vector<std::int64_t>{5, 4, 3, 2}));
+  auto kept = s.event(2, {"a"});
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(kept[0].summary.state, "dead");
+  EXPECT_EQ(kept[0].attempts.size(), 1u);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #pragma once
 // The command line: `appointment-relay <command> [options]`. A pure function over the arguments: no I/O,
 // no environment, no clock; main() prints the texts and exits with the codes below.
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -16,19 +17,47 @@ inline constexpr int exit_failure = 1;  // a runtime failure (database unreachab
 inline constexpr int exit_usage = 2;    // a bad command line
 inline constexpr int exit_config = 78;  // an invalid configuration (config_error)
 
-enum class command { run, migrate, check_config, status, replay, pause, resume, health, version, help };
+enum class command {
+  run,
+  migrate,
+  check_config,
+  status,
+  replay,
+  events,
+  pause,
+  resume,
+  health,
+  version,
+  help
+};
 
-// "run", "migrate", "check-config", "status", "replay", "pause", "resume", "health", "version", "help".
+// "run", "migrate", "check-config", "status", "replay", "events", "pause", "resume", "health", "version",
+// "help".
 std::string_view to_string(command c) noexcept;
 
 // replay: which dead-lettered (or delivered) events to queue again. Either all, or at least one of the
 // others; the others combine with AND.
 struct replay_filter {
   bool all = false;
-  std::optional<std::string> endpoint;   // --endpoint NAME
-  std::optional<std::int64_t> event_id;  // --event-id N (the outbox id, > 0)
-  std::optional<std::int64_t> since;     // --since TIME, unix seconds (inclusive)
-  std::optional<std::int64_t> until;     // --until TIME, unix seconds (exclusive)
+  std::optional<std::string> endpoint;     // --endpoint NAME
+  std::optional<std::int64_t> event_id;    // --event-id N (the outbox id, > 0)
+  std::optional<std::int64_t> since;       // --since TIME, unix seconds (inclusive)
+  std::optional<std::int64_t> until;       // --until TIME, unix seconds (exclusive)
+  std::optional<std::string> appointment;  // --appointment EXTERNAL_ID
+  bool delivered = false;                  // --delivered: delivered events instead of dead letters
+  bool dry_run = false;                    // --dry-run: say what would be sent, change nothing
+};
+
+// events: which events to list (the filters combine with AND), or `events show EVENT_ID`.
+struct events_query {
+  std::optional<std::int64_t> show;        // events show EVENT_ID
+  std::optional<std::string> appointment;  // --appointment EXTERNAL_ID
+  std::optional<std::string> endpoint;     // --endpoint NAME
+  std::optional<std::string> state;        // --state pending|delivered|retrying|dead|skipped
+  std::optional<std::string> kind;         // --kind created|rescheduled|cancelled|no_show|reverted|checked_in
+  std::optional<std::int64_t> since;       // --since TIME, unix seconds (inclusive)
+  std::optional<std::int64_t> until;       // --until TIME, unix seconds (exclusive)
+  std::size_t limit = 100;                 // --limit N (1 to 10000)
 };
 
 struct invocation {
@@ -38,7 +67,8 @@ struct invocation {
   // asked about, or command::help for the overview).
   bool help = false;
   replay_filter replay;              // command::replay
-  bool json = false;                 // status --json
+  events_query events;               // command::events
+  bool json = false;                 // status, events --json
   std::optional<std::string> admin;  // health --admin HOST:PORT (instead of the configuration's admin.listen)
   std::string endpoint;              // pause / resume --endpoint NAME (required)
   std::string reason;                // pause --reason TEXT

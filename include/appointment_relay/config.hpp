@@ -48,6 +48,8 @@ struct endpoint_config {
   int breaker_failures = 10;
   std::chrono::milliseconds breaker_after{std::chrono::minutes(1)};
   std::chrono::milliseconds breaker_probe_max{std::chrono::minutes(5)};
+  // Files secrets were read from (secret_file, header_files), for config_warnings.
+  std::vector<std::string> secret_files;
 };
 
 // A header name an endpoint may not set (the relay sets it, or it is hop-by-hop), lower case.
@@ -58,6 +60,8 @@ struct config {
     std::string url;  // libpq URI or conninfo; required
     std::chrono::milliseconds poll_interval{5000};
     std::chrono::seconds retention{std::chrono::hours(24 * 7)};
+    // Dead letters are not removed by retention but this long after their last attempt.
+    std::chrono::seconds dead_letter_retention{std::chrono::hours(24 * 30)};
     std::size_t batch_size = 1000;  // rows per read
     // Fencing: an active instance that has not confirmed its leadership for this long stops sending, and a
     // new leader waits this long after taking the lock (db_worker_settings::lease).
@@ -67,6 +71,10 @@ struct config {
   retry_settings retry;
   struct admin_section {
     std::string listen = "127.0.0.1:9187";  // host:port; empty disables the admin server
+    // The bearer token's file, and its content (trailing newlines trimmed). Required for a listen address
+    // that is not loopback; when set, everything but /healthz and /readyz needs the token.
+    std::string token_file;
+    std::string token;
   } admin;
   struct log_section {
     std::string format = "text";  // text | json
@@ -77,7 +85,14 @@ struct config {
     std::chrono::milliseconds shutdown_timeout{10000};
     std::chrono::seconds watchdog_interval{0};  // 0: from systemd's WATCHDOG_USEC
   } relay;
+  // Files secrets came from through APPOINTMENT_RELAY_*_FILE variables, for config_warnings.
+  std::vector<std::string> secret_files;
 };
+
+// What is allowed but unsafe, one sentence each, naming the endpoint or file: a secret file readable by
+// group or others, plain http to a host that is not loopback, verify_peer = false. `run` logs them at start
+// and on a reload, check-config and status print them.
+std::vector<std::string> config_warnings(const config& cfg);
 
 // Reads file (when given) then the environment (env: name -> value, normally the process environment).
 // Secrets may come from NAME_FILE. Throws config_error.

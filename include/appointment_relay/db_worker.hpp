@@ -25,6 +25,7 @@ struct db_worker_settings {
   std::map<std::string, std::chrono::milliseconds> backfill;
   std::chrono::milliseconds poll_interval{5000};
   std::chrono::seconds retention{std::chrono::hours(24 * 7)};
+  std::chrono::seconds dead_letter_retention{std::chrono::hours(24 * 30)};
   std::chrono::milliseconds reconnect_min{200};
   std::chrono::milliseconds reconnect_max{10000};
   std::chrono::milliseconds standby_retry{1000};  // how often a standby tries the leadership lock

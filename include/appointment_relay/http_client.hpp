@@ -52,7 +52,12 @@ struct http_response_info {
   std::string error;
   std::optional<std::string> retry_after;
   std::chrono::microseconds latency{0};  // from the request being taken up to its response being read
+  // A response other than 2xx: the first body_prefix_limit bytes of its body, made valid UTF-8 (invalid
+  // sequences as U+FFFD), for the attempt history. Empty for a 2xx (not kept) and without a response.
+  std::string body_prefix;
 };
+
+inline constexpr std::size_t body_prefix_limit = 1024;
 
 using header_list = std::vector<std::pair<std::string, std::string>>;
 

@@ -45,6 +45,17 @@ struct watermark {
 
 enum class delivery_state { retrying, delivered, dead };
 
+// One failed attempt, kept in appointment_relay.failed_attempt as long as its delivery row (migration 0006).
+// A success writes none: its outcome is the delivery row or the batch record.
+struct attempt_record {
+  int attempt = 0;
+  std::int64_t at_ms = 0;  // unix ms, when it ended
+  int status = 0;          // HTTP status, 0 without a response
+  std::string error;       // transport error, or empty
+  double latency_ms = 0;
+  std::string response_body;  // a non-2xx response's first 1 KiB, valid UTF-8
+};
+
 // One outcome to record for (event_id, endpoint).
 struct delivery_update {
   std::int64_t event_id = 0;
@@ -53,10 +64,11 @@ struct delivery_update {
   int attempts = 0;
   std::int64_t first_attempt_ms = 0;
   std::int64_t last_attempt_ms = 0;
-  std::optional<std::int64_t> next_attempt_ms;  // retrying
-  std::string last_error;                       // "http 503", "connection refused", ...
-  std::string dead_reason;                      // dead
-  bool replayed = false;                        // a dead letter put back by replay (it has a delivery row)
+  std::optional<std::int64_t> next_attempt_ms;     // retrying
+  std::string last_error;                          // "http 503", "connection refused", ...
+  std::string dead_reason;                         // dead
+  bool replayed = false;                           // a dead letter put back by replay (it has a delivery row)
+  std::optional<attempt_record> failed_attempt{};  // retrying, dead: the attempt that failed, for its history
 };
 
 // Delivered on its first attempt and never replayed: no delivery row of its own, only a range of ids in its
@@ -103,6 +115,7 @@ struct endpoint_status {
   endpoint_control control;
   std::int64_t backlog = 0;  // events past its watermark not yet delivered or dead
   std::optional<double> oldest_pending_age_seconds;
+  std::optional<double> oldest_dead_letter_age_seconds;  // by its last attempt
   std::map<std::string, std::int64_t> dead_by_reason;
 };
 
@@ -141,8 +154,58 @@ std::string with_connection_options(const std::string& url);
 struct replay_filter {
   std::optional<std::string> endpoint;
   std::optional<std::int64_t> event_id;
+  std::optional<std::int64_t> since;       // unix seconds, on captured_at (inclusive)
+  std::optional<std::int64_t> until;       // unix seconds (exclusive)
+  std::optional<std::string> appointment;  // appointment_external_id
+  bool delivered = false;  // delivered events (sent again, same webhook-id) instead of dead letters
+  std::vector<std::string> endpoints;  // only these endpoints (the configured ones); empty: any
+};
+
+// One event a replay would send again (replay_preview).
+struct replay_candidate {
+  std::int64_t event_id = 0;
+  std::string endpoint;
+  std::string appointment;
+  std::int64_t captured_at_ms = 0;
+};
+
+// Issue 13: what `appointment-relay events`, `events show` and the admin API read.
+struct event_filter {
+  std::optional<std::string> appointment;  // appointment_external_id
+  std::optional<std::string> endpoint;
+  std::optional<std::string> state;   // pending | delivered | retrying | dead | skipped (event_summary)
+  std::optional<std::string> kind;    // created | rescheduled | cancelled | no_show | reverted | checked_in
   std::optional<std::int64_t> since;  // unix seconds, on captured_at (inclusive)
   std::optional<std::int64_t> until;  // unix seconds (exclusive)
+  std::size_t limit = 100;
+  // The kinds each endpoint wants (its `kinds`), when the caller knows them: an event of another kind is
+  // "skipped" there. An endpoint not named here wants every kind.
+  std::map<std::string, std::vector<std::string>> endpoint_kinds;
+};
+
+// One event as one endpoint sees it.
+struct event_summary {
+  std::int64_t id = 0;
+  std::string endpoint;
+  std::string kind;         // as classified; empty when the row is not a notification
+  std::string appointment;  // appointment_external_id
+  std::int64_t captured_at_ms = 0;
+  // pending | delivered | retrying | dead, or skipped: never to be sent there (not a notification, a kind
+  // the endpoint does not want, captured before the endpoint started). A dead letter put back by replay is
+  // pending. Below the endpoint's watermark without a record of its own (dropped with an older partition's
+  // batch records), a wanted notification is delivered.
+  std::string state;
+  int attempts = 0;
+  std::optional<std::int64_t> last_attempt_ms;
+  std::string last_error;
+  std::string dead_reason;
+};
+
+struct event_detail {
+  event_summary summary;
+  std::string payload;     // the JSON body sent
+  std::string webhook_id;  // webhook_id(installation, id, endpoint)
+  std::vector<attempt_record> attempts;
 };
 
 // Applies sql/migrations/NNNN_name.sql in order, each in its own transaction, recorded in
@@ -202,10 +265,11 @@ class store {
   // What the last read_pending cost.
   read_stats last_read_stats() const;
 
-  // Records outcomes and watermarks (endpoint -> every event up to it that it was handed is done there), in
-  // one statement. A watermark is written up to the endpoint's read floor, never past a row that may still
-  // appear; the store remembers the part above the floor and writes it later (at a read, or the next
-  // record) once the floor has passed it, so a quiet endpoint's watermark still reaches its last row.
+  // Records outcomes, their failed attempts and watermarks (endpoint -> every event up to it that it was
+  // handed is done there), in one statement. A watermark is written up to the endpoint's read floor, never
+  // past a row that may still appear; the store remembers the part above the floor and writes it later (at a
+  // read, or the next record) once the floor has passed it, so a quiet endpoint's watermark still reaches its
+  // last row.
   void record(const std::vector<delivery_update>& updates,
               const std::map<std::string, watermark>& done_through);
 
@@ -226,16 +290,36 @@ class store {
   bool set_paused(const std::string& endpoint, bool paused, const std::string& by, const std::string& reason);
   // Whether a `pause` or `resume` was notified since the last call.
   bool take_control_news();
-  std::int64_t replay(const replay_filter& filter);  // dead letters back to pending; returns how many
+  // Dead letters (or, with filter.delivered, delivered events) back to pending, to be sent again with their
+  // webhook-id, in order per appointment; a running daemon hears of it (NOTIFY). Returns how many.
+  std::int64_t replay(const replay_filter& filter);
+  // What replay(filter) would put back, in id order, at most limit of them, and how many in all.
+  std::pair<std::vector<replay_candidate>, std::int64_t> replay_preview(const replay_filter& filter,
+                                                                        std::size_t limit);
   // Retention: drops outbox partitions (or empties the default one) whose rows every endpoint is done with
   // and whose newest row is older than retention, at most max_partitions of them; dead letters in them are
   // kept apart first, and a partition with retrying or replayed events waits. Returns the rows removed.
   // Throws when a lock is not had within 100 ms (a transaction holds the outbox): try again later.
   std::int64_t purge(std::chrono::seconds retention, const std::vector<std::string>& endpoints,
                      int max_partitions = 16);
+  // Removes dead letters whose last attempt is older than older_than (migration 0007); returns how many.
+  // Throws like purge.
+  std::int64_t purge_dead_letters(std::chrono::seconds older_than);
   // Makes outbox partitions of width ids until ahead of them lie beyond the next id; returns how many it
   // made. Throws like purge.
   int add_partitions(std::int64_t width, int ahead);
+
+  // The events matching filter at the endpoints given (only filter.endpoint when it names one), newest first,
+  // at most filter.limit (event, endpoint) rows; dead letters kept in outbox_kept too. Reads by id (the
+  // partition key): --since/--until become id bounds, a state narrows to its delivery rows or to the ids
+  // above the watermarks; an appointment filter reads every row in the id range (no index on it). One
+  // snapshot. Throws std::invalid_argument for an unknown state.
+  // event: one event at each endpoint with its payload, webhook-id and every failed attempt, oldest first
+  // (empty when the id is unknown).
+  std::vector<event_summary> events(const event_filter& filter, const std::vector<std::string>& endpoints);
+  // endpoint_kinds: as event_filter's.
+  std::vector<event_detail> event(std::int64_t id, const std::vector<std::string>& endpoints,
+                                  const std::map<std::string, std::vector<std::string>>& endpoint_kinds = {});
 
   bool is_open() const;
 
