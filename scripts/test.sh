@@ -36,6 +36,8 @@ echo "== normal build"
 run_suite build
 echo "== benchmark smoke run (scripts/bench.sh --quick: tiny sizes, checks that every event is delivered)"
 BENCH_SKIP_DEPS=1 BENCH_BUILD_DIR=build scripts/bench.sh --quick
+echo "== Debian package of the normal build (cpack, lintian; scripts/package.sh builds the one to ship)"
+scripts/package.sh --build-dir build
 if [ $quick -eq 0 ]; then
   echo "== AddressSanitizer + UndefinedBehaviorSanitizer build"
   # At -O1: the sanitizers find the same faults, the build is much faster on 2 cores.

@@ -930,10 +930,6 @@ config finish(builder& b) {
     if (k.need == required && !given(b.given, k))
       throw config_error(key_path(k) + ": missing: set " + std::string(k.name) + " in [" +
                          std::string(k.section) + "] or " + std::string(env_prefix) + env_name(k));
-  if (!b.cfg.admin.listen.empty() && b.cfg.admin.token.empty() && !is_loopback_listen(b.cfg.admin.listen))
-    throw config_error("admin.listen: " + b.cfg.admin.listen +
-                       " is not a loopback address: set admin.token_file too (a bearer token then guards "
-                       "everything but /healthz and /readyz)");
   if (b.cfg.retry.max_delay < b.cfg.retry.base_delay)
     throw config_error("retry.max_delay (" + format_duration(b.cfg.retry.max_delay) +
                        ") is below retry.base_delay (" + format_duration(b.cfg.retry.base_delay) + ")");
@@ -1031,6 +1027,13 @@ bool is_loopback_host(std::string_view host) {
   return host == "localhost" || host.starts_with("127.") || host == "::1" || host.ends_with(".localhost");
 }
 }  // namespace
+
+std::string admin_listen_problem(const config& cfg) {
+  if (cfg.admin.listen.empty() || !cfg.admin.token.empty() || is_loopback_listen(cfg.admin.listen)) return "";
+  return "admin.listen: " + cfg.admin.listen +
+         " is not a loopback address: set admin.token_file too (a bearer token then guards everything but "
+         "/healthz and /readyz)";
+}
 
 std::vector<std::string> config_warnings(const config& cfg) {
   std::vector<std::string> out;

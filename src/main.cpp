@@ -268,6 +268,7 @@ int run_command(const cli::invocation& inv) {
   auto cfg = ar::load_config(file, ar::relay_environment());
   switch (inv.cmd) {
     case cli::command::check_config:
+      if (auto problem = ar::admin_listen_problem(cfg); !problem.empty()) throw ar::config_error(problem);
       for (const auto& w : ar::config_warnings(cfg)) std::fprintf(stderr, "warning: %s\n", w.c_str());
       std::cout << "# configuration is valid; effective values (secrets masked):\n" << ar::render_config(cfg);
       return cli::exit_ok;
@@ -291,6 +292,7 @@ int run_command(const cli::invocation& inv) {
     case cli::command::events:
       return events(cfg, inv);
     case cli::command::run: {
+      if (auto problem = ar::admin_listen_problem(cfg); !problem.empty()) throw ar::config_error(problem);
       ar::setup_logging(cfg.log.format, cfg.log.level);
       return ar::run_relay(std::move(cfg), [file] { return ar::load_config(file, ar::relay_environment()); });
     }

@@ -94,6 +94,11 @@ struct config {
 // and on a reload, check-config and status print them.
 std::vector<std::string> config_warnings(const config& cfg);
 
+// Why the admin server may not start as configured (listening off loopback without admin.token_file), or
+// empty. `run` and `check-config` refuse such a configuration (exit 78); the one-shot commands, which start
+// no admin server, do not.
+std::string admin_listen_problem(const config& cfg);
+
 // Reads file (when given) then the environment (env: name -> value, normally the process environment).
 // Secrets may come from NAME_FILE. Throws config_error.
 config load_config(const std::optional<std::filesystem::path>& file,
