@@ -5,7 +5,6 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <ctime>
 #include <iostream>
 #include <map>
 
@@ -33,16 +32,6 @@ std::vector<std::string> endpoint_names(const ar::config& cfg) {
   return names;
 }
 
-std::string unix_ms_text(std::optional<std::int64_t> ms) {
-  if (!ms) return "";
-  std::time_t t = static_cast<std::time_t>(*ms / 1000);
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 // What status shows of an endpoint's state: paused over the breaker's.
 std::string state_of(const ar::endpoint_control& c) {
   return c.paused ? "paused" : ar::to_string(c.health.health);
@@ -63,17 +52,17 @@ int print_status(const ar::config& cfg, bool json) {
     const auto& c = s.control;
     std::printf("endpoint %s\n  state: %s\n", s.endpoint.c_str(), state_of(c).c_str());
     if (c.paused)
-      std::printf("  paused by %s at %s: %s\n", c.paused_by.c_str(), unix_ms_text(c.paused_at_ms).c_str(),
+      std::printf("  paused by %s at %s: %s\n", c.paused_by.c_str(), ar::utc_text(c.paused_at_ms).c_str(),
                   c.pause_reason.empty() ? "(no reason given)" : c.pause_reason.c_str());
     if (c.health.health != ar::endpoint_health::healthy)
       std::printf("  %s since %s: %s\n",
                   c.health.health == ar::endpoint_health::open ? "breaker open" : "failing",
-                  unix_ms_text(c.health.since_ms).c_str(), c.health.reason.c_str());
+                  ar::utc_text(c.health.since_ms).c_str(), c.health.reason.c_str());
     if (c.health.health == ar::endpoint_health::open)
-      std::printf("  next probe at %s\n", unix_ms_text(c.health.probe_at_ms).c_str());
+      std::printf("  next probe at %s\n", ar::utc_text(c.health.probe_at_ms).c_str());
     if (c.start_id)
       std::printf("  started after event %lld at %s (%s)\n", static_cast<long long>(*c.start_id),
-                  unix_ms_text(c.started_at_ms).c_str(), c.start_reason.c_str());
+                  ar::utc_text(c.started_at_ms).c_str(), c.start_reason.c_str());
     std::printf("  backlog: %lld pending\n", static_cast<long long>(s.backlog));
     if (s.oldest_pending_age_seconds)
       std::printf("  oldest pending: %.1f s old\n", *s.oldest_pending_age_seconds);
@@ -113,7 +102,7 @@ int replay(const ar::config& cfg, const cli::replay_filter& f) {
     for (const auto& c : listed)
       std::printf("  event %lld  endpoint %s  appointment %s  captured %s\n",
                   static_cast<long long>(c.event_id), c.endpoint.c_str(), c.appointment.c_str(),
-                  unix_ms_text(c.captured_at_ms).c_str());
+                  ar::utc_text(c.captured_at_ms).c_str());
     if (total > static_cast<std::int64_t>(listed.size()))
       std::printf("  ... and %lld more\n",
                   static_cast<long long>(total - static_cast<std::int64_t>(listed.size())));
@@ -144,7 +133,7 @@ int events(const ar::config& cfg, const cli::invocation& inv) {
     }
     const auto& first = detail.front().summary;
     std::printf("event %lld  captured %s  kind %s  appointment %s\n", static_cast<long long>(first.id),
-                unix_ms_text(first.captured_at_ms).c_str(), first.kind.empty() ? "-" : first.kind.c_str(),
+                ar::utc_text(first.captured_at_ms).c_str(), first.kind.empty() ? "-" : first.kind.c_str(),
                 first.appointment.empty() ? "-" : first.appointment.c_str());
     std::printf("payload: %s\n", detail.front().payload.empty() ? "(none: not a notification)"
                                                                 : detail.front().payload.c_str());
@@ -154,7 +143,7 @@ int events(const ar::config& cfg, const cli::invocation& inv) {
                   s.attempts, s.attempts == 1 ? "" : "s", d.webhook_id.c_str());
       if (!s.dead_reason.empty()) std::printf("  dead: %s\n", s.dead_reason.c_str());
       for (const auto& a : d.attempts) {
-        std::printf("  attempt %d at %s: %s, %.1f ms\n", a.attempt, unix_ms_text(a.at_ms).c_str(),
+        std::printf("  attempt %d at %s: %s, %.1f ms\n", a.attempt, ar::utc_text(a.at_ms).c_str(),
                     a.status > 0 ? ("http " + std::to_string(a.status)).c_str() : a.error.c_str(),
                     a.latency_ms);
         if (!a.response_body.empty()) std::printf("    body: %s\n", a.response_body.c_str());
@@ -162,7 +151,7 @@ int events(const ar::config& cfg, const cli::invocation& inv) {
       // The success itself is recorded only as the outcome.
       if (s.state == "delivered")
         std::printf("  attempt %d%s%s: delivered\n", s.attempts, s.last_attempt_ms ? " at " : "",
-                    unix_ms_text(s.last_attempt_ms).c_str());
+                    ar::utc_text(s.last_attempt_ms).c_str());
     }
     return cli::exit_ok;
   }
@@ -184,7 +173,7 @@ int events(const ar::config& cfg, const cli::invocation& inv) {
               "ENDPOINT", "STATE", "ATTEMPTS", "LAST ERROR");
   for (const auto& e : list)
     std::printf("%-10lld %-20s %-11s %-36s %-12s %-9s %8d  %s\n", static_cast<long long>(e.id),
-                unix_ms_text(e.captured_at_ms).c_str(), e.kind.empty() ? "-" : e.kind.c_str(),
+                ar::utc_text(e.captured_at_ms).c_str(), e.kind.empty() ? "-" : e.kind.c_str(),
                 e.appointment.empty() ? "-" : e.appointment.c_str(), e.endpoint.c_str(), e.state.c_str(),
                 e.attempts, e.dead_reason.empty() ? e.last_error.c_str() : e.dead_reason.c_str());
   if (list.size() == q.limit)

@@ -35,8 +35,7 @@ class recorder {
               ++wakes_;
               cv_.notify_all();
             },
-            [] {},
-            [](std::vector<endpoint_control>, bool) {}};
+            [] {}, [](std::vector<endpoint_control>, bool) {}};
   }
   bool wait(const std::function<bool(const std::vector<std::string>&, int)>& pred,
             std::chrono::milliseconds timeout) {

@@ -15,6 +15,8 @@
 #include "appointment_relay/cli.hpp"
 #include "appointment_relay/config.hpp"
 
+#include "support/shell.hpp"
+
 namespace appointment_relay {
 namespace {
 
@@ -96,20 +98,9 @@ TEST(operator_files, should_point_the_units_at_the_man_pages) {
         << unit;
 }
 
-struct command_result {
-  int exit_code = -1;
-  std::string output;
-};
-
-command_result run(const std::string& command) {
-  command_result r;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[512];
-  while (std::fgets(buf, sizeof buf, p) != nullptr) r.output += buf;
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+// stdout and stderr of command.
+testing::shell_result run(const std::string& command) {
+  return testing::run_shell(command + " 2>&1");
 }
 
 const fs::path completion = source_dir / "config" / "appointment-relay.bash-completion";

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "support/shell.hpp"
+
 namespace appointment_relay {
 namespace {
 
@@ -46,20 +48,9 @@ std::multimap<std::string, std::string> parse_unit(const std::string& text) {
   return keys;
 }
 
-struct command_result {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-};
-
-command_result run(const std::string& command) {
-  command_result r;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[512];
-  while (std::fgets(buf, sizeof buf, p) != nullptr) r.output += buf;
-  const int status = pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+// stdout and stderr of command.
+testing::shell_result run(const std::string& command) {
+  return testing::run_shell(command + " 2>&1");
 }
 
 TEST(systemd_unit, should_set_the_required_service_and_sandbox_settings) {
@@ -175,7 +166,8 @@ TEST(systemd_unit, should_pass_systemd_analyze_verify_without_unknown_keys) {
   }
   // A template is verified as one of its instances.
   for (const std::string name : {"appointment-relay.service", "appointment-relay@clinic-a.service"}) {
-    const command_result r = run("cd '" + dir.string() + "' && systemd-analyze verify --man=no " + name);
+    const testing::shell_result r =
+        run("cd '" + dir.string() + "' && systemd-analyze verify --man=no " + name);
     EXPECT_EQ(r.exit_code, 0) << name << ": " << r.output;
     std::istringstream out(r.output);
     for (std::string line; std::getline(out, line);) {

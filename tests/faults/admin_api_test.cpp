@@ -16,6 +16,7 @@
 #include "appointment_relay/net.hpp"
 #include "fault_support.hpp"
 #include "support/relay_process.hpp"
+#include "support/shell.hpp"
 
 // The admin API and the status page of a running relay against real PostgreSQL and a real receiver: the JSON
 // answers what the CLI prints, the token guards everything but the probes when the server listens off
@@ -280,14 +281,7 @@ std::string run_chromium(const std::string& binary, const std::string& profile, 
                           "' --headless --no-sandbox --disable-gpu --no-first-run " +
                           "--disable-extensions --disable-dev-shm-usage --user-data-dir='" + profile + "' " +
                           args + " '" + url + "' 2>>'" + log + "'";
-  std::string out;
-  if (FILE* p = ::popen(cmd.c_str(), "r")) {
-    char buf[4096];
-    std::size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-    ::pclose(p);
-  }
-  return out;
+  return run_shell(cmd).output;
 }
 
 std::string file_tail(const std::string& path) {

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fault_support.hpp"
+#include "support/shell.hpp"
 
 // What an operator's tools read from the real daemon: /metrics as Prometheus reads it (promtool, from
 // Debian's prometheus package, accepts the scrape of a relay that has delivered, retried and stood by; the
@@ -49,15 +50,9 @@ promtool_result promtool_check_metrics(const std::string& promtool, const std::s
   const auto file = std::filesystem::temp_directory_path() / ("ar-metrics-" + std::to_string(::getpid()));
   std::ofstream(file) << text;
   const std::string command = "'" + promtool + "' check metrics < '" + file.string() + "' 2>&1";
-  promtool_result r;
-  if (FILE* p = ::popen(command.c_str(), "r")) {
-    char buf[4096];
-    for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.output.append(buf, n);
-    const int status = ::pclose(p);
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
+  auto r = run_shell(command);
   std::filesystem::remove(file);
-  return r;
+  return {r.exit_code, r.output};
 }
 
 // The value of the unlabelled sample `name`, or nullopt when the scrape has none.
