@@ -27,6 +27,12 @@ std::vector<attempt_table::attempt> attempt_table::overdue(time_point now) const
   return out;
 }
 
+bool attempt_table::running(std::int64_t event_id) const {
+  for (const auto& [token, a] : running_)
+    if (a.event_id == event_id) return true;
+  return false;
+}
+
 std::vector<attempt_table::attempt> attempt_table::take_all() {
   std::vector<attempt> out;
   out.reserve(running_.size());

@@ -145,6 +145,7 @@ class lane : public std::enable_shared_from_this<lane> {
         retry_timer_(ex_),
         guard_timer_(ex_),
         flush_timer_(ex_),
+        age_timer_(ex_),
         rng_(std::random_device{}()) {
     apply(std::move(setup));
     show_state();
@@ -291,6 +292,8 @@ class lane : public std::enable_shared_from_this<lane> {
     outcomes_.reset_watermark();
     retry_timer_.cancel();
     retry_armed_ = false;
+    age_timer_.cancel();
+    age_armed_ = false;
     probe_id_.reset();
     read_top_ = -1;
     acked_read_ = 0;
@@ -415,8 +418,10 @@ class lane : public std::enable_shared_from_this<lane> {
   // Sends what may go now, up to max_in_flight and the rate limit; then waits for the earliest retry time,
   // if any. Nothing while paused or held by a Retry-After; only a probe while the breaker is open.
   void pump() {
-    if (!active_ || draining_ || paused_) return;
+    if (!active_ || draining_) return;
     const auto now_ms = unix_ms_now();
+    if (paused_ || health_ == endpoint_health::open) expire_waiting(now_ms);
+    if (paused_) return;
     if (now_ms < hold_until_ms_) {
       arm_timer(hold_until_ms_, now_ms);
       return;
@@ -454,6 +459,66 @@ class lane : public std::enable_shared_from_this<lane> {
     probe_id_ = *id;
     spdlog::info("probe event={} endpoint={} (breaker open)", *id, cfg_.name);
     send(*id, now_ms);
+  }
+
+  // Paused or with its breaker open, the lane attempts nothing (or only a probe), so an event that was
+  // attempted before would reach retry.max_age only when it is tried again. It ends at its time instead: a
+  // dead letter whose reason says why it waited. Events never attempted have no age yet (max_age counts from
+  // the first attempt) and wait, as the backlog does. The timer comes back for the next one to expire.
+  void expire_waiting(std::int64_t now_ms) {
+    constexpr std::int64_t ms_max = std::numeric_limits<std::int64_t>::max();
+    const auto max_age_s = std::max<std::int64_t>(0, retry_.max_age.count());
+    const std::int64_t max_age_ms = max_age_s > ms_max / 1000 ? ms_max : max_age_s * 1000;
+    std::vector<std::int64_t> expired;
+    std::optional<std::int64_t> next;
+    for (const auto& [id, it] : items_) {
+      if (!it.first_attempt_ms || attempts_.running(id)) continue;
+      if (now_ms - *it.first_attempt_ms > max_age_ms) {
+        expired.push_back(id);
+      } else if (*it.first_attempt_ms <= ms_max - max_age_ms - 1) {
+        const auto due = *it.first_attempt_ms + max_age_ms + 1;
+        if (!next || due < *next) next = due;
+      }
+    }
+    const std::string why = paused_ ? "the endpoint was paused" : "the endpoint's breaker was open";
+    for (auto id : expired) {
+      auto found = items_.find(id);
+      item& it = found->second;
+      const std::string reason = fmt::format("max age reached while {} ({} attempts, the first {} s ago)",
+                                             why, it.attempts, (now_ms - *it.first_attempt_ms) / 1000);
+      spdlog::error("dead letter event={} kind={} appointment={} endpoint={} attempt={} {} reason=\"{}\"", id,
+                    to_string(it.kind), it.key, cfg_.name, it.attempts,
+                    "trace_id=" + it.trace_id + " span_id=" + it.span_id, reason);
+      metrics_.dead_letter(cfg_.name, dead_letter_label(dead_cause::max_age, 0));
+      delivery_update u;
+      u.event_id = id;
+      u.endpoint = cfg_.name;
+      u.state = delivery_state::dead;
+      u.attempts = it.attempts;
+      u.first_attempt_ms = *it.first_attempt_ms;
+      u.last_attempt_ms = now_ms;
+      u.replayed = it.replayed;
+      u.last_error = reason;
+      u.dead_reason = reason;
+      outcomes_.add(std::move(u));
+      order_.complete(id);
+      items_.erase(found);
+    }
+    if (!expired.empty()) schedule_flush();
+    if (next) arm_age_timer(*next, now_ms);
+  }
+
+  void arm_age_timer(std::int64_t due, std::int64_t now_ms) {
+    if (age_armed_ && age_due_ms_ <= due) return;
+    age_armed_ = true;
+    age_due_ms_ = due;
+    age_timer_.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(0, due - now_ms)));
+    age_timer_.async_wait([weak = weak_from_this(), due](error_code ec) {
+      auto self = weak.lock();
+      if (!self || ec || self->age_due_ms_ != due) return;
+      self->age_armed_ = false;
+      self->pump();
+    });
   }
 
   int burst() const {
@@ -747,6 +812,9 @@ class lane : public std::enable_shared_from_this<lane> {
   bool guard_armed_ = false;
   steady_timer flush_timer_;
   bool flush_armed_ = false;
+  steady_timer age_timer_;  // paused or open: the next waiting event to reach max_age
+  bool age_armed_ = false;
+  std::int64_t age_due_ms_ = 0;
   std::uint64_t abandoned_ = 0;
   std::int64_t read_top_ = -1;
   std::uint64_t acked_read_ =

@@ -34,6 +34,8 @@ class attempt_table {
   std::vector<attempt> overdue(time_point now) const;
   // Ends every attempt and returns them (to cancel their requests).
   std::vector<attempt> take_all();
+  // Whether an attempt of event_id is running (a scan: the table holds at most max_in_flight attempts).
+  bool running(std::int64_t event_id) const;
   std::size_t size() const { return running_.size(); }
   bool empty() const { return running_.empty(); }
 

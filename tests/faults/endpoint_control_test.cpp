@@ -172,6 +172,62 @@ TEST(endpoint_control,
   EXPECT_NE(unknown.err.find("default"), std::string::npos) << unknown.err;
 }
 
+// Waiting, an event still ends at retry.max_age (counted from its first attempt) and says why it waited: at
+// its time, not when a probe or a resume happens to take it.
+TEST(endpoint_control, should_end_waiting_events_at_max_age_while_open_or_paused) {
+  AR_REQUIRE_DATABASE();
+  for (const bool pause : {false, true}) {
+    SCOPED_TRACE(pause ? "paused" : "breaker open");
+    scratch_database db;
+    test_http_server server(always_status(503));
+    auto env = relay_env(db, server.url());
+    env["APPOINTMENT_RELAY_RETRY_MAX_AGE"] = "4s";
+    env["APPOINTMENT_RELAY_RETRY_BASE_DELAY"] = "100ms";
+    env["APPOINTMENT_RELAY_RETRY_MAX_DELAY"] = "300ms";
+    env["APPOINTMENT_RELAY_ENDPOINTS_DEFAULT_BREAKER_FAILURES"] = pause ? "0" : "3";
+    env["APPOINTMENT_RELAY_ENDPOINTS_DEFAULT_BREAKER_AFTER"] = "0s";
+    // Probes 1 s, 2 s, 4 s apart: within max_age at most two of the six events go out as probes.
+    env["APPOINTMENT_RELAY_ENDPOINTS_DEFAULT_BREAKER_PROBE_MAX"] = "1h";
+    relay_process relay(env);
+    ASSERT_TRUE(relay.wait_for_log("this instance is active", 30s)) << relay.log();
+    // In one transaction: read together and attempted together, all before the breaker opens.
+    std::string six;
+    for (int i = 0; i < 6; ++i)
+      six += "SELECT canvas_test.book_appointment(canvas_test.create_patient(), now(), 30);";
+    db.exec(six);
+    // Every event is attempted once before it waits.
+    ASSERT_TRUE(server.wait_for_requests(6, 20s)) << relay.log();
+    const auto first = server.requests().front().received;
+    if (pause) {
+      auto r = run_relay_command({"pause", "--endpoint", "default"}, cli_env(db, server.url()));
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      ASSERT_TRUE(relay.wait_for_log("paused by", 5s)) << relay.log();
+    } else {
+      ASSERT_TRUE(relay.wait_for_log("breaker open:", 10s)) << relay.log();
+    }
+    const auto sent_while_waiting = server.request_count();
+    // max_age 4 s from the first attempts, then the timer, the batch write and the poll: well within 4 s
+    // more.
+    const std::string dead = "SELECT count(*) FROM appointment_relay.delivery WHERE state = 'dead'";
+    while (db.query_value(dead) != "6" && steady::now() - first < 8s) std::this_thread::sleep_for(100ms);
+    ASSERT_EQ(db.query_value(dead), "6") << relay.log();
+    EXPECT_GE(steady::now() - first, 4s) << "dead-lettered before max_age";
+    const std::string why = pause ? "while the endpoint was paused" : "breaker was open";
+    EXPECT_EQ(db.query_value("SELECT count(*) FROM appointment_relay.delivery WHERE state = 'dead' AND "
+                             "dead_reason LIKE 'max age reached%" +
+                             why + "%'"),
+              "6")
+        << db.query_value("SELECT string_agg(dead_reason, ' | ') FROM appointment_relay.delivery")
+        << relay.log();
+    if (pause)
+      EXPECT_EQ(server.request_count(), sent_while_waiting) << "a paused endpoint was sent to";
+    else
+      EXPECT_LE(server.request_count() - sent_while_waiting, 3u)
+          << "more than probes while the breaker was open";
+    EXPECT_EQ(relay.count_in_log("dead letter event="), 6u) << relay.log();
+  }
+}
+
 TEST(endpoint_control, should_hold_the_rate_limit_and_a_429_retry_after_for_the_whole_endpoint) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
