@@ -104,6 +104,7 @@ struct state {
   std::uint64_t session = 0;        // the active session (0: none): fetches of another one are not read
   std::uint64_t sessions_made = 0;  // the worker thread's count, for the next session number
   std::string installation;         // the worker thread's copy, for a resumed session
+  std::int64_t max_read_id = 0;     // the worker thread's: the highest outbox id a read returned
 
   // Fencing (db_worker_settings::lease): written by the worker thread, read by the lease watcher's thread.
   std::atomic<std::int64_t> confirmed_ns{0};      // steady clock: the last successful round trip
@@ -347,6 +348,7 @@ void run_fetches(state& s, store& db) {
       }
       start_endpoints(s, db, {taken.front().endpoint});
       auto rows = db.read_pending(taken.front().endpoint, taken.front().limit);
+      if (!rows.empty()) s.max_read_id = std::max(s.max_read_id, rows.back().id);
       s.answer(taken.front(), std::move(rows));
       taken.pop_front();
     } catch (...) {
@@ -388,8 +390,97 @@ class housekeeping_task {
   std::optional<steady::time_point> failing_since_;
 };
 
+// How the active instance learns of new rows (migration 0008). Listening: the capture triggers notify, and
+// each notification wakes the reads at once. When changes come faster than poll_above per window, it turns
+// the notifications off (each one would make its transaction commit alone, see the migration) and reads
+// every poll_every instead: at such rates a read finds a few rows each time. When they slow below
+// listen_below, it turns them on again, and settles: a transaction that skipped its notification meanwhile
+// may still be open, so it checks, at growing intervals, until every transaction below the id the switch
+// returned has ended, then reads once more and waits for notifications alone.
+class wake_control {
+ public:
+  static constexpr milliseconds window{100};
+  static constexpr std::int64_t poll_above = 64;    // rows per window: 640/s
+  static constexpr std::int64_t listen_below = 32;  // rows per window: 320/s
+  static constexpr milliseconds poll_every{1};
+  static constexpr milliseconds settle_max{100};
+
+  // A new session: whatever an earlier leader left, notifications on, then settle.
+  void start(store& db, std::int64_t max_read_id, steady::time_point now) {
+    settle(db, now);
+    window_first_id_ = max_read_id;
+    window_end_ = now + window;
+  }
+
+  // Runs the mode's work that is due: true when the reads should run (news).
+  bool step(store& db, std::int64_t max_read_id, steady::time_point now) {
+    if (now >= window_end_) {
+      const auto rows = max_read_id - window_first_id_;
+      if (at_ != mode::polling && rows >= poll_above) {
+        db.set_listening(false);
+        at_ = mode::polling;
+        next_ = now;
+        spdlog::debug("database: {} rows in {} ms: reading every {} ms, notifications off", rows,
+                      window.count(), poll_every.count());
+      } else if (at_ == mode::polling && rows < listen_below) {
+        settle(db, now);
+        spdlog::debug("database: {} rows in {} ms: notifications on", rows, window.count());
+      }
+      window_first_id_ = max_read_id;
+      window_end_ = now + window;
+    }
+    if (at_ == mode::listening || now < next_) return false;
+    if (at_ == mode::polling) {
+      next_ = now + poll_every;
+      return true;
+    }
+    if (db.ended_below(settle_xid_)) {
+      at_ = mode::listening;
+      return true;  // the last read that may find a transaction that skipped its notification
+    }
+    next_ = now + settle_wait_;
+    settle_wait_ = std::min(settle_wait_ * 2, settle_max);
+    return false;
+  }
+
+  // Stopping: notifications on again for whoever reads next (an instance built before migration 0008 relies
+  // on them). Best effort: the next leader turns them on at its start anyway.
+  void stop(store& db) {
+    if (at_ == mode::listening) return;
+    try {
+      db.set_listening(true);
+    } catch (const std::exception& e) {
+      spdlog::debug("database: turning notifications on at stop: {}", e.what());
+    }
+  }
+
+  // When step has work next: the loop sleeps no longer.
+  steady::time_point next(steady::time_point later) const {
+    return at_ == mode::listening ? std::min(later, window_end_) : std::min({later, window_end_, next_});
+  }
+
+ private:
+  enum class mode { listening, polling, settling };
+
+  void settle(store& db, steady::time_point now) {
+    settle_xid_ = db.set_listening(true);
+    at_ = mode::settling;
+    settle_wait_ = poll_every;
+    next_ = now;
+  }
+
+  mode at_ = mode::settling;
+  std::int64_t settle_xid_ = 0;
+  milliseconds settle_wait_ = poll_every;
+  steady::time_point next_;
+  steady::time_point window_end_;
+  std::int64_t window_first_id_ = 0;
+};
+
 // The leader's loop; returns when stopping (records flushed), throws when the connection is lost.
 void active_loop(state& s, store& db) {
+  wake_control wake;
+  wake.start(db, s.max_read_id, steady::now());
   auto next_tick = steady::now() + s.settings.poll_interval;
   auto next_purge = steady::now() + std::chrono::seconds(5);
   auto next_heartbeat = steady::now() + s.settings.heartbeat;
@@ -403,6 +494,7 @@ void active_loop(state& s, store& db) {
     write_health(s, db);
     if (s.is_stopping()) {
       write_records(s, db);  // what was recorded while the last write ran: stop() comes after it
+      wake.stop(db);
       return;
     }
     auto now = steady::now();
@@ -447,14 +539,15 @@ void active_loop(state& s, store& db) {
     // queue, not on the socket, and would not wake the poll. Count them, and run the fetches they made
     // due before sleeping.
     if (db.take_notifications() > 0) s.on_news();
+    if (wake.step(db, s.max_read_id, steady::now())) s.on_news();
     if (s.waiting_fetch_due()) continue;
     int sock = db.socket();
     if (sock < 0) throw std::runtime_error("the database connection has no socket");
     pollfd fds[2] = {{sock, POLLIN, 0}, {s.wake_fd, POLLIN, 0}};
-    auto timeout =
-        std::chrono::duration_cast<milliseconds>(std::min(next_tick, next_heartbeat) - steady::now())
-            .count() +
-        1;
+    auto timeout = std::chrono::duration_cast<milliseconds>(wake.next(std::min(next_tick, next_heartbeat)) -
+                                                            steady::now())
+                       .count() +
+                   1;
     int r = ::poll(fds, 2, static_cast<int>(std::max<milliseconds::rep>(0, timeout)));
     if (r < 0 && errno != EINTR) throw std::runtime_error("poll failed");
     if (fds[1].revents & POLLIN) s.drain();

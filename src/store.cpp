@@ -613,6 +613,16 @@ std::size_t store::take_notifications() {
   return std::exchange(impl_->receiver->count, 0);
 }
 
+std::int64_t store::set_listening(bool want) {
+  pqxx::nontransaction tx(impl_->conn);
+  return tx.exec_params("SELECT appointment_relay.set_listening($1)", want)[0][0].as<std::int64_t>();
+}
+
+bool store::ended_below(std::int64_t xid) {
+  pqxx::nontransaction tx(impl_->conn);
+  return tx.exec_params("SELECT txid_snapshot_xmin(txid_current_snapshot()) >= $1", xid)[0][0].as<bool>();
+}
+
 void store::reset_read_positions() {
   impl_->positions.clear();
 }

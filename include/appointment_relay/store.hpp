@@ -254,6 +254,14 @@ class store {
   int socket() const;
   std::size_t take_notifications();
 
+  // Whether the capture triggers notify (migration 0008): want = true while this instance waits for
+  // notifications, false while it reads on its own timer. Returns the next transaction id to be assigned
+  // after the change: every transaction that may have skipped its notification is below it.
+  std::int64_t set_listening(bool want);
+  // Whether every transaction with an id below xid has ended (committed or rolled back): their rows, if
+  // any, are visible to the next read.
+  bool ended_below(std::int64_t xid);
+
   // Forget every endpoint's read position: the next read starts at its persisted watermark.
   void reset_read_positions();
   // The next events for endpoint, in id order, at most limit: new ones past what was read before (also rows

@@ -1,0 +1,111 @@
+// Notifications only while the relay waits for them (migration 0008). Under a fast stream the relay turns
+// the capture triggers' notifications off and reads on its own timer; when the stream stops it turns them on
+// again. A Canvas transaction that captured a change while they were off, and is still open when they come
+// back on, notifies nobody when it commits: the relay must find its row all the same, at once, not at the
+// catch-up poll (set to a minute here).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include <pqxx/pqxx>
+
+#include "fault_support.hpp"
+#include "support/relay_process.hpp"
+
+namespace appointment_relay::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+constexpr const char* book_sql =
+    "SELECT canvas_test.book_appointment(canvas_test.create_patient(), now() + interval '1 day', 30)";
+
+bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  const auto end = steady::now() + timeout;
+  while (!done()) {
+    if (steady::now() > end) return false;
+    std::this_thread::sleep_for(5ms);
+  }
+  return true;
+}
+
+TEST(wake_mode, should_deliver_a_change_that_skipped_its_notification_as_soon_as_its_transaction_commits) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  test_http_server server(always_status(200));
+  auto env = relay_env(db, server.url());
+  env["APPOINTMENT_RELAY_DATABASE_POLL_INTERVAL"] = "60s";
+  relay_process relay(env);
+  ASSERT_TRUE(relay.wait_for_log("this instance is active", 30s)) << relay.log();
+
+  pqxx::connection probe(db.url());
+  auto listening = [&] {
+    pqxx::nontransaction tx(probe);
+    return tx.exec("SELECT last_value FROM appointment_relay.listening")[0][0].as<int>();
+  };
+  ASSERT_TRUE(wait_until([&] { return listening() == 1; }, 5s)) << "not listening at rest";
+
+  // A fast stream: 10 bookings per transaction every 5 ms, until the held transaction has captured its row.
+  std::atomic<bool> stop{false};
+  std::atomic<int> booked{0};
+  std::thread load([&] {
+    pqxx::connection c(db.url());
+    std::string ten;
+    for (int i = 0; i < 10; ++i) ten += std::string(book_sql) + ";";
+    for (int round = 0; round < 600 && !stop; ++round) {  // at most 6,000 bookings, 3 s
+      pqxx::nontransaction(c).exec(ten);
+      booked += 10;
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  const bool polled = wait_until([&] { return listening() == 0; }, 10s);
+
+  // A Canvas transaction captures a change while the notifications are off, and stays open.
+  pqxx::connection held_conn(db.url());
+  pqxx::work held(held_conn);
+  std::int64_t held_id = 0;
+  int before = -1, after = -1;
+  if (polled) {
+    before = listening();
+    auto appointment = held.exec(book_sql)[0][0].as<std::int64_t>();
+    held_id = held.exec("SELECT id FROM appointment_relay.outbox WHERE appointment_id = " +
+                        std::to_string(appointment))[0][0]
+                  .as<std::int64_t>();
+    after = listening();
+  }
+  stop = true;
+  load.join();
+  ASSERT_TRUE(polled) << "the relay never turned the notifications off during " << booked << " bookings";
+  // Off before and after the trigger ran (the stream was still going): the trigger did not notify.
+  ASSERT_EQ(before, 0);
+  ASSERT_EQ(after, 0);
+
+  // The stream has stopped: every booking arrives, and the notifications come back on while the held
+  // transaction is still open.
+  ASSERT_TRUE(server.wait_for_requests(static_cast<std::size_t>(booked.load()), 30s))
+      << server.request_count() << " of " << booked;
+  ASSERT_TRUE(wait_until([&] { return listening() == 1; }, 5s)) << "notifications not back on";
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(server.request_count(), static_cast<std::size_t>(booked.load())) << "more than the stream";
+
+  pqxx::connection listener(db.url());
+  pqxx::nontransaction(listener).exec("LISTEN appointment_relay");
+  const auto committed = steady::now();
+  held.commit();
+  ASSERT_TRUE(server.wait_for_requests(static_cast<std::size_t>(booked.load()) + 1, 10s))
+      << "the held transaction's change was not delivered" << relay.log();
+  const auto took = server.requests().back().received - committed;
+  EXPECT_LT(took, 1s) << "found by the catch-up poll, not when its transaction ended";
+  // It really went without a notification (else this test proves nothing about the settling).
+  EXPECT_EQ(listener.get_notifs(), 0) << "the held transaction notified";
+  EXPECT_GT(held_id, 0);
+  EXPECT_EQ(relay.count_in_log("dead letter"), 0u);
+}
+
+}  // namespace
+}  // namespace appointment_relay::testing
