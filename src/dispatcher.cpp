@@ -132,6 +132,18 @@ lane_setup prepare_lane(const executor& ex, const endpoint_config& cfg, const di
   return setup;
 }
 
+// A timer that runs a lane's pump; cancel() forgets when it was armed for.
+struct pump_timer {
+  explicit pump_timer(const executor& ex) : timer(ex) {}
+  void cancel() {
+    timer.cancel();
+    armed = false;
+  }
+  steady_timer timer;
+  bool armed = false;
+  std::int64_t due_ms = 0;
+};
+
 // One endpoint: reads its pending events in pages, keeps them in appointment order, sends what may go, owns
 // each attempt until it ends (answered, or given up and cancelled), and hands the outcomes over in batches.
 // Everything runs on the io executor. Timers and HTTP callbacks hold the lane weakly: a retired lane goes
@@ -291,9 +303,7 @@ class lane : public std::enable_shared_from_this<lane> {
     items_.clear();
     outcomes_.reset_watermark();
     retry_timer_.cancel();
-    retry_armed_ = false;
     age_timer_.cancel();
-    age_armed_ = false;
     probe_id_.reset();
     read_top_ = -1;
     acked_read_ = 0;
@@ -505,20 +515,7 @@ class lane : public std::enable_shared_from_this<lane> {
       items_.erase(found);
     }
     if (!expired.empty()) schedule_flush();
-    if (next) arm_age_timer(*next, now_ms);
-  }
-
-  void arm_age_timer(std::int64_t due, std::int64_t now_ms) {
-    if (age_armed_ && age_due_ms_ <= due) return;
-    age_armed_ = true;
-    age_due_ms_ = due;
-    age_timer_.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(0, due - now_ms)));
-    age_timer_.async_wait([weak = weak_from_this(), due](error_code ec) {
-      auto self = weak.lock();
-      if (!self || ec || self->age_due_ms_ != due) return;
-      self->age_armed_ = false;
-      self->pump();
-    });
+    if (next) arm(age_timer_, *next, now_ms);
   }
 
   int burst() const {
@@ -589,15 +586,18 @@ class lane : public std::enable_shared_from_this<lane> {
   }
 
   // One timer wakes the lane for whatever comes first: a retry time, a token, the end of a hold, a probe.
-  void arm_timer(std::int64_t due, std::int64_t now_ms) {
-    if (retry_armed_ && retry_due_ms_ <= due) return;
-    retry_armed_ = true;
-    retry_due_ms_ = due;
-    retry_timer_.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(0, due - now_ms)));
-    retry_timer_.async_wait([weak = weak_from_this(), due](error_code ec) {
-      auto self = weak.lock();
-      if (!self || ec || self->retry_due_ms_ != due) return;  // cancelled, or re-armed for an earlier time
-      self->retry_armed_ = false;
+  void arm_timer(std::int64_t due, std::int64_t now_ms) { arm(retry_timer_, due, now_ms); }
+
+  // Runs pump at due, or earlier if already armed for an earlier time (a later time does not move it).
+  void arm(pump_timer& t, std::int64_t due, std::int64_t now_ms) {
+    if (t.armed && t.due_ms <= due) return;
+    t.armed = true;
+    t.due_ms = due;
+    t.timer.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(0, due - now_ms)));
+    t.timer.async_wait([weak = weak_from_this(), &t, due](error_code ec) {
+      auto self = weak.lock();                     // t is the lane's own: touched only while the lane lives
+      if (!self || ec || t.due_ms != due) return;  // cancelled, or re-armed for an earlier time
+      t.armed = false;
       self->pump();
     });
   }
@@ -805,16 +805,12 @@ class lane : public std::enable_shared_from_this<lane> {
   std::unordered_map<std::int64_t, item> items_;  // the events held, by id (the same ids as order_)
   attempt_table attempts_;                        // what is in flight
   outcome_batch outcomes_;                        // what is to be written
-  steady_timer retry_timer_;
-  bool retry_armed_ = false;
-  std::int64_t retry_due_ms_ = 0;
+  pump_timer retry_timer_;
   steady_timer guard_timer_;
   bool guard_armed_ = false;
   steady_timer flush_timer_;
   bool flush_armed_ = false;
-  steady_timer age_timer_;  // paused or open: the next waiting event to reach max_age
-  bool age_armed_ = false;
-  std::int64_t age_due_ms_ = 0;
+  pump_timer age_timer_;  // paused or open: the next waiting event to reach max_age
   std::uint64_t abandoned_ = 0;
   std::int64_t read_top_ = -1;
   std::uint64_t acked_read_ =
