@@ -396,7 +396,8 @@ class housekeeping_task {
 // every poll_every instead: at such rates a read finds a few rows each time. When they slow below
 // listen_below, it turns them on again, and settles: a transaction that skipped its notification meanwhile
 // may still be open, so it checks, at growing intervals, until every transaction below the id the switch
-// returned has ended, then reads once more and waits for notifications alone.
+// returned has ended, then marks the state settled, reads once more and waits for notifications alone. A
+// later leader that finds it settled has nothing to check.
 class wake_control {
  public:
   static constexpr milliseconds window{100};
@@ -405,7 +406,7 @@ class wake_control {
   static constexpr milliseconds poll_every{1};
   static constexpr milliseconds settle_max{100};
 
-  // A new session: whatever an earlier leader left, notifications on, then settle.
+  // A new session: notifications on, and settle unless an earlier leader left it settled.
   void start(store& db, std::int64_t max_read_id, steady::time_point now) {
     settle(db, now);
     window_first_id_ = max_read_id;
@@ -417,7 +418,7 @@ class wake_control {
     if (now >= window_end_) {
       const auto rows = max_read_id - window_first_id_;
       if (at_ != mode::polling && rows >= poll_above) {
-        db.set_listening(false);
+        db.set_listening(store::listen_state::polling);
         at_ = mode::polling;
         next_ = now;
         spdlog::debug("database: {} rows in {} ms: reading every {} ms, notifications off", rows,
@@ -435,6 +436,7 @@ class wake_control {
       return true;
     }
     if (db.ended_below(settle_xid_)) {
+      db.set_listening(store::listen_state::settled);
       at_ = mode::listening;
       return true;  // the last read that may find a transaction that skipped its notification
     }
@@ -448,7 +450,7 @@ class wake_control {
   void stop(store& db) {
     if (at_ == mode::listening) return;
     try {
-      db.set_listening(true);
+      db.set_listening(store::listen_state::unsettled);
     } catch (const std::exception& e) {
       spdlog::debug("database: turning notifications on at stop: {}", e.what());
     }
@@ -463,7 +465,12 @@ class wake_control {
   enum class mode { listening, polling, settling };
 
   void settle(store& db, steady::time_point now) {
-    settle_xid_ = db.set_listening(true);
+    auto below = db.set_listening(store::listen_state::unsettled);
+    if (!below) {  // settled already: no transaction can have skipped its notification
+      at_ = mode::listening;
+      return;
+    }
+    settle_xid_ = *below;
     at_ = mode::settling;
     settle_wait_ = poll_every;
     next_ = now;

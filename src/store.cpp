@@ -613,9 +613,12 @@ std::size_t store::take_notifications() {
   return std::exchange(impl_->receiver->count, 0);
 }
 
-std::int64_t store::set_listening(bool want) {
+std::optional<std::int64_t> store::set_listening(listen_state state) {
   pqxx::nontransaction tx(impl_->conn);
-  return tx.exec_params("SELECT appointment_relay.set_listening($1)", want)[0][0].as<std::int64_t>();
+  if (!tx.exec_params("SELECT appointment_relay.set_listening($1)", static_cast<int>(state))[0][0].as<bool>())
+    return std::nullopt;
+  // A statement of its own: its snapshot is taken after the change (see migration 0008).
+  return tx.exec("SELECT txid_snapshot_xmax(txid_current_snapshot())")[0][0].as<std::int64_t>();
 }
 
 bool store::ended_below(std::int64_t xid) {

@@ -254,10 +254,12 @@ class store {
   int socket() const;
   std::size_t take_notifications();
 
-  // Whether the capture triggers notify (migration 0008): want = true while this instance waits for
-  // notifications, false while it reads on its own timer. Returns the next transaction id to be assigned
-  // after the change: every transaction that may have skipped its notification is below it.
-  std::int64_t set_listening(bool want);
+  // Whether the capture triggers notify (migration 0008): listen_state::polling while this instance reads on
+  // its own timer, unsettled before it waits for notifications, settled once no transaction that skipped one
+  // can be left. For unsettled, the next transaction id to be assigned after the change (every transaction
+  // that may have skipped its notification is below it), or nothing when it was settled already.
+  enum class listen_state { polling = 0, settled = 1, unsettled = 2 };
+  std::optional<std::int64_t> set_listening(listen_state state);
   // Whether every transaction with an id below xid has ended (committed or rolled back): their rows, if
   // any, are visible to the next read.
   bool ended_below(std::int64_t xid);

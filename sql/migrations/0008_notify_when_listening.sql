@@ -7,33 +7,40 @@
 -- (durable commits, 8 clients), the triggers cut the insert rate to a fifth; the same triggers without the
 -- pg_notify to about three quarters (bench/results/notes.md, "Issue 11").
 --
--- The active relay now says whether it wants notifications, in `listening`: 1 while it waits for them, 0
--- while it reads on its own timer (it does when changes come faster than a few hundred per second, where
+-- The active relay now says whether it wants notifications, in `listening`: 1 or 2 while it waits for them,
+-- 0 while it reads on its own timer (it does when changes come faster than a few hundred per second, where
 -- the notifications would serialize the most commits; below that, each change still wakes it at once).
--- The triggers read it after their insert, and notify only on 1. A transaction that read 0 is found by the
--- relay's reads without a notification: before it waits again, the relay sets 1, reads the next transaction
--- id to be assigned, and reads again only once every transaction below it has ended (each trigger takes its
--- transaction id first, before it reads `listening`, so every one that read 0 is below it).
+-- The triggers read it after their insert, and notify unless it is 0. A transaction that read 0 is found by
+-- the relay's reads without a notification: before it waits again, the relay sets 2, reads the next
+-- transaction id to be assigned, and reads again once every transaction below it has ended (each trigger
+-- takes its transaction id first, before it reads `listening`, so every one that read 0 is below it); then
+-- it sets 1: no transaction can be left that skipped its notification, and a relay starting later need not
+-- check again.
 --
 -- A sequence, not a table row: setval and reading it are not transactional, so the change is seen at once
 -- by every session and writes no row version; and a function call, not a query, in the triggers (PL/pgSQL
 -- evaluates it without starting an executor). It starts at 1: a relay built before this migration, or none
 -- yet, gets every notification as before.
-CREATE SEQUENCE appointment_relay.listening MINVALUE 0 MAXVALUE 1 START WITH 1 NO CYCLE;
+CREATE SEQUENCE appointment_relay.listening MINVALUE 0 MAXVALUE 2 START WITH 1 NO CYCLE;
 SELECT pg_catalog.setval('appointment_relay.listening', 1, true);
 
--- Called by the active relay: on = true before it waits for notifications, false when it reads on its
--- timer. Returns the next transaction id to be assigned after the change (see above). Runs as the owner: the
--- daemon's role gets EXECUTE, no right on the sequence itself.
-CREATE FUNCTION appointment_relay.set_listening(want boolean) RETURNS bigint
+-- Called by the active relay: 0 when it reads on its timer, 2 before it waits for notifications, 1 once no
+-- transaction can be left that skipped one. False when asked for 2 while it is 1 already: it stays 1, there
+-- is nothing to wait for. The caller reads the next transaction id to be assigned in a statement of its own
+-- after this one, so from a snapshot taken after the change for certain (one taken at the start of the
+-- statement calling this would miss a transaction that got its id while this ran and read 0). Runs as the
+-- owner: the daemon's role gets EXECUTE, no right on the sequence itself.
+CREATE FUNCTION appointment_relay.set_listening(state integer) RETURNS boolean
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-  PERFORM pg_catalog.setval('appointment_relay.listening', CASE WHEN want THEN 1 ELSE 0 END, true);
-  -- A statement of its own, after setval: its snapshot is taken after the change.
-  RETURN pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot());
+  IF state = 2 AND pg_catalog.pg_sequence_last_value('appointment_relay.listening') = 1 THEN
+    RETURN false;
+  END IF;
+  PERFORM pg_catalog.setval('appointment_relay.listening', state, true);
+  RETURN true;
 END
 $$;
-REVOKE EXECUTE ON FUNCTION appointment_relay.set_listening(boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION appointment_relay.set_listening(integer) FROM PUBLIC;
 
 -- The capture functions as in 0001, but for the pg_notify, now conditional. CREATE OR REPLACE keeps their
 -- owner and grants; their attributes are restated (0003: SECURITY DEFINER, a pinned search_path).
@@ -52,7 +59,7 @@ BEGIN
          (SELECT p.key::text FROM public.api_patient p WHERE p.id = NEW.patient_id),
          NEW.externally_exposable_id::text
   RETURNING id INTO event_id;
-  IF pg_catalog.pg_sequence_last_value('appointment_relay.listening'::pg_catalog.regclass) = 1 THEN
+  IF pg_catalog.pg_sequence_last_value('appointment_relay.listening'::pg_catalog.regclass) <> 0 THEN
     PERFORM pg_catalog.pg_notify('appointment_relay', event_id::text);
   END IF;
   RETURN NULL;
@@ -85,7 +92,7 @@ BEGIN
     LIMIT 1
   ) AS a ON true
   RETURNING id INTO event_id;
-  IF pg_catalog.pg_sequence_last_value('appointment_relay.listening'::pg_catalog.regclass) = 1 THEN
+  IF pg_catalog.pg_sequence_last_value('appointment_relay.listening'::pg_catalog.regclass) <> 0 THEN
     PERFORM pg_catalog.pg_notify('appointment_relay', event_id::text);
   END IF;
   RETURN NULL;
@@ -112,4 +119,4 @@ REVOKE EXECUTE ON FUNCTION appointment_relay.grant_execute_like(regprocedure, re
 
 -- The roles that run the daemon (they may run retention) may say whether they listen.
 SELECT appointment_relay.grant_execute_like('appointment_relay.drop_partition(text[], interval)',
-                                            'appointment_relay.set_listening(boolean)');
+                                            'appointment_relay.set_listening(integer)');

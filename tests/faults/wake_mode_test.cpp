@@ -1,4 +1,5 @@
-// Notifications only while the relay waits for them (migration 0008). Under a fast stream the relay turns
+// Notifications only while the relay waits for them (migration 0008; appointment_relay.listening: 0 off, 2 on
+// but not settled, 1 on and settled). Under a fast stream the relay turns
 // the capture triggers' notifications off and reads on its own timer; when the stream stops it turns them on
 // again. A Canvas transaction that captured a change while they were off, and is still open when they come
 // back on, notifies nobody when it commits: the relay must find its row all the same, at once, not at the
@@ -40,6 +41,7 @@ TEST(wake_mode, should_deliver_a_change_that_skipped_its_notification_as_soon_as
   test_http_server server(always_status(200));
   auto env = relay_env(db, server.url());
   env["APPOINTMENT_RELAY_DATABASE_POLL_INTERVAL"] = "60s";
+  env["APPOINTMENT_RELAY_LOG_LEVEL"] = "debug";  // the switches, in the log shown on failure
   relay_process relay(env);
   ASSERT_TRUE(relay.wait_for_log("this instance is active", 30s)) << relay.log();
 
@@ -48,18 +50,19 @@ TEST(wake_mode, should_deliver_a_change_that_skipped_its_notification_as_soon_as
     pqxx::nontransaction tx(probe);
     return tx.exec("SELECT last_value FROM appointment_relay.listening")[0][0].as<int>();
   };
-  ASSERT_TRUE(wait_until([&] { return listening() == 1; }, 5s)) << "not listening at rest";
+  ASSERT_TRUE(wait_until([&] { return listening() == 1; }, 5s)) << "not listening, settled, at rest";
 
-  // A fast stream: 10 bookings per transaction every 5 ms, until the held transaction has captured its row.
+  // A fast stream: 20 bookings per transaction every 5 ms (fast enough for the switch on a loaded machine
+  // too), until the held transaction has captured its row.
   std::atomic<bool> stop{false};
   std::atomic<int> booked{0};
   std::thread load([&] {
     pqxx::connection c(db.url());
-    std::string ten;
-    for (int i = 0; i < 10; ++i) ten += std::string(book_sql) + ";";
-    for (int round = 0; round < 600 && !stop; ++round) {  // at most 6,000 bookings, 3 s
-      pqxx::nontransaction(c).exec(ten);
-      booked += 10;
+    std::string twenty;
+    for (int i = 0; i < 20; ++i) twenty += std::string(book_sql) + ";";
+    for (int round = 0; round < 300 && !stop; ++round) {  // at most 6,000 bookings
+      pqxx::nontransaction(c).exec(twenty);
+      booked += 20;
       std::this_thread::sleep_for(5ms);
     }
   });
@@ -89,8 +92,11 @@ TEST(wake_mode, should_deliver_a_change_that_skipped_its_notification_as_soon_as
   // transaction is still open.
   ASSERT_TRUE(server.wait_for_requests(static_cast<std::size_t>(booked.load()), 30s))
       << server.request_count() << " of " << booked;
-  ASSERT_TRUE(wait_until([&] { return listening() == 1; }, 5s)) << "notifications not back on";
+  // On again (2), but not settled (1): the held transaction may have skipped its notification.
+  ASSERT_TRUE(wait_until([&] { return listening() == 2; }, 5s))
+      << "notifications not back on: " << listening();
   std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(listening(), 2) << "settled while a transaction that skipped its notification is open";
   EXPECT_EQ(server.request_count(), static_cast<std::size_t>(booked.load())) << "more than the stream";
 
   pqxx::connection listener(db.url());
@@ -101,6 +107,7 @@ TEST(wake_mode, should_deliver_a_change_that_skipped_its_notification_as_soon_as
       << "the held transaction's change was not delivered" << relay.log();
   const auto took = server.requests().back().received - committed;
   EXPECT_LT(took, 1s) << "found by the catch-up poll, not when its transaction ended";
+  EXPECT_TRUE(wait_until([&] { return listening() == 1; }, 2s)) << "not settled once it ended";
   // It really went without a notification (else this test proves nothing about the settling).
   EXPECT_EQ(listener.get_notifs(), 0) << "the held transaction notified";
   EXPECT_GT(held_id, 0);
