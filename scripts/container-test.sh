@@ -5,11 +5,12 @@
 # Then builds the Debian package (scripts/package.sh) and installs it with apt in a clean debian:bookworm-slim
 # container: `version`, `check-config` of the installed sample, `migrate` from the installed SQL, `health`
 # against the running relay, and `systemd-analyze verify` of both installed units (with man-db, so that their
-# Documentation= man pages must be installed too). Last, the compose demo's services as compose starts them,
-# on the host's network: its database image (docker/postgres.Dockerfile, Debian's PostgreSQL), migrate, the
-# relay and the demo receiver, which must get one appointment's six payloads. Takes minutes: not part of
-# scripts/test.sh.
-# Needs ../shared/tools/container-setup.sh (or Docker-compatible podman) once.
+# Documentation= man pages must be installed too). Then the compose demo, docker/compose.yaml, brought up
+# with podman-compose on the host's network: its database image (docker/postgres.Dockerfile, Debian's
+# PostgreSQL), migrate, the relay and the demo receiver, which must get one appointment's six payloads; then
+# down. Then the package's units under a real systemd: scripts/container-systemd-test.sh. Takes minutes: not
+# part of scripts/test.sh.
+# Needs ../shared/tools/container-setup.sh (or Docker-compatible podman) once, and podman-compose.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -78,44 +79,62 @@ podman run --rm -v "$(dirname "$deb"):/pkg:ro" -e DEB="/pkg/$(basename "$deb")" 
   '
 echo "package: ok"
 
-echo "== the compose demo's database image (docker/postgres.Dockerfile): one appointment's life, six payloads"
-# podman-compose itself cannot run docker/compose.yaml here: the containers would talk over a bridge network
-# (10.88.0.0/16), and this machine's tests keep to 127.0.0.1; Debian 12's podman-compose (1.0.3) also adds a
-# bridge network to every container, even with network_mode: host. So the demo's services run here as
-# compose would start them, on the host's network: its database image, migrate and the relay from the image,
-# the demo receiver.
-podman build -f docker/postgres.Dockerfile -t appointment-relay-demo-postgres:test . >/dev/null
-demo_port=$((20000 + RANDOM % 20000))
-podman run -d --name "$name-pg" appointment-relay-demo-postgres:test \
-  postgres -c listen_addresses=127.0.0.1 -c port="$demo_port" -c unix_socket_directories=/tmp >/dev/null
-podman run -d --name "$name-rx6" --entrypoint appointment-relay-receiver "$image" \
-  --listen 127.0.0.1:0 --secret "$secret" >/dev/null
-trap 'podman rm -f "$name-rx" "$name-pg" "$name-rx6" "$name-demo" >/dev/null 2>&1 || true; cleanup' EXIT
-demo_db="postgresql://postgres:demo@127.0.0.1:$demo_port/canvas"
-for _ in $(seq 1 100); do psql -qtA "$demo_db" -c "SELECT 1" >/dev/null 2>&1 && break; sleep 0.2; done
-for _ in $(seq 1 100); do podman logs "$name-rx6" 2>&1 | grep -q listening && break; sleep 0.1; done
-rx6_port=$(podman logs "$name-rx6" 2>&1 | sed -n 's/.* port \([0-9]*\)$/\1/p' | head -n 1)
-podman run --rm -e APPOINTMENT_RELAY_DATABASE_URL="$demo_db" "$image" migrate >/dev/null
-demo_admin=$((20000 + RANDOM % 20000))
-podman run -d --name "$name-demo" -e APPOINTMENT_RELAY_DATABASE_URL="$demo_db" \
-  -e APPOINTMENT_RELAY_ENDPOINT_URL="http://127.0.0.1:$rx6_port/canvas/appointments" \
-  -e APPOINTMENT_RELAY_SIGNING_SECRET="$secret" -e APPOINTMENT_RELAY_ADMIN_LISTEN="127.0.0.1:$demo_admin" \
-  "$image" run >/dev/null
-for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$demo_admin/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+echo "== the compose demo (docker/compose.yaml) with podman-compose: one appointment's life, six payloads"
+command -v podman-compose >/dev/null || { echo "container-test: podman-compose is needed (apt-get install podman-compose)" >&2; exit 1; }
+# Every service of the demo is on the host's network (network_mode: host) and listens on 127.0.0.1. Debian 12's
+# podman-compose (1.0.3) adds "--net PROJECT_default --network-alias SERVICE" to every container all the same,
+# which podman refuses beside the host's network: docker/podman-host-network, given as its podman, drops them.
+project=appointment-relay-demo-test-$$
+# Ports of our own (the host's, as the services are on its network), not the file's defaults, which a demo
+# left running may hold.
+base=$((20000 + RANDOM % 20000))
+export DEMO_DB_PORT=$base DEMO_RECEIVER_PORT=$((base + 1)) DEMO_ADMIN_PORT=$((base + 2))
+compose() { podman-compose --podman-path "$root/docker/podman-host-network" -f docker/compose.yaml -p "$project" "$@"; }
+trap 'compose down >/dev/null 2>&1 || true; podman rm -f "$name-rx" >/dev/null 2>&1 || true; cleanup' EXIT
+# --build: images of the current sources (the layers cached by the build above make it quick); in Docker's
+# format, so that the relay's image keeps its HEALTHCHECK. podman-compose's status says nothing of the
+# containers it started: they are checked below.
+compose --podman-build-args=--format=docker up -d --build >"$work/compose-up.log" 2>&1 \
+  || { tail -n 30 "$work/compose-up.log" >&2; exit 1; }
+# podman-compose 1.0.3 starts the services in depends_on order without waiting for the conditions: migrate
+# retries until the database answers, the relay reconnects until it is migrated.
+healthy() { podman healthcheck run "${project}_$1_1" >/dev/null 2>&1; }
+for _ in $(seq 1 150); do healthy postgres && break; sleep 0.2; done
+healthy postgres || { echo "container-test: the demo database is not healthy" >&2; exit 1; }
+migrated=$(podman wait "${project}_migrate_1")
+[ "$migrated" = 0 ] || { echo "container-test: migrate exited $migrated" >&2; podman logs "${project}_migrate_1" >&2; exit 1; }
+for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$DEMO_ADMIN_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
+curl -fsS "http://127.0.0.1:$DEMO_ADMIN_PORT/readyz" >/dev/null \
+  || { echo "container-test: the demo relay is not ready" >&2; podman logs "${project}_relay_1" 2>&1 | tail -n 20 >&2; exit 1; }
+healthy relay || { echo "container-test: the demo relay's HEALTHCHECK failed" >&2; exit 1; }
+podman logs "${project}_receiver_1" 2>&1 | grep -q "listening on 127.0.0.1:$DEMO_RECEIVER_PORT " \
+  || { echo "container-test: the demo receiver is not listening" >&2; exit 1; }
+podman ps --filter "label=io.podman.compose.project=$project" --format '{{.Names}} {{.Status}}'
+demo_db="postgresql://postgres:demo@127.0.0.1:$DEMO_DB_PORT/canvas"
 sql() { psql -qtA -v ON_ERROR_STOP=1 "$demo_db" -c "$1"; }
 patient=$(sql "SELECT canvas_test.create_patient()")
 first=$(sql "SELECT canvas_test.book_appointment($patient, '2021-12-24 21:30:00+00', 30)")
 second=$(sql "SELECT canvas_test.reschedule($first, '2021-12-27 15:00:00+00', 45)")
 for step in cancel restore no_show check_in; do sql "SELECT canvas_test.$step($second)" >/dev/null; done
-received() { podman logs "$name-rx6" 2>&1 | grep -c 'signature ok' || true; }
-for _ in $(seq 1 150); do [ "$(received)" -ge 6 ] && break; sleep 0.2; done
-podman logs "$name-rx6" 2>&1 | grep 'signature ok'
+payloads() { podman logs "${project}_receiver_1" 2>&1 | grep 'signature ok' || true; }
+for _ in $(seq 1 150); do [ "$(payloads | wc -l)" -ge 6 ] && break; sleep 0.2; done
+payloads
 for kind in created rescheduled cancelled reverted no_show checked_in; do
-  podman logs "$name-rx6" 2>&1 | grep 'signature ok' | grep -q "\"$kind\":true" \
-    || { echo "container-test: no $kind payload at the receiver" >&2; podman logs "$name-demo" 2>&1 | tail -n 20 >&2; exit 1; }
+  payloads | grep -q "\"$kind\":true" || {
+    echo "container-test: no $kind payload at the receiver" >&2
+    podman logs "${project}_relay_1" 2>&1 | tail -n 20 >&2
+    exit 1
+  }
 done
-[ "$(received)" -eq 6 ] || { echo "container-test: $(received) payloads, expected 6" >&2; exit 1; }
-echo "demo database: six payloads delivered and verified"
+[ "$(payloads | wc -l)" -eq 6 ] || { echo "container-test: $(payloads | wc -l) payloads, expected 6" >&2; exit 1; }
+compose down >"$work/compose-down.log" 2>&1
+left=$(podman ps -a --filter "label=io.podman.compose.project=$project" --format '{{.Names}}')
+[ -z "$left" ] || { echo "container-test: left after podman-compose down: $left" >&2; exit 1; }
+trap 'podman rm -f "$name-rx" >/dev/null 2>&1 || true; cleanup' EXIT
+echo "compose demo: six payloads delivered and verified, and down again"
 podman stop -t 15 "$name" >/dev/null
 podman logs "$name" 2>&1 | tail -n 3
 echo "container-test: ok"
+
+# The package's systemd units under a real systemd (PID 1 in a container): scripts/container-systemd-test.sh.
+DEB="$deb" scripts/container-systemd-test.sh
