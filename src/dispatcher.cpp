@@ -175,6 +175,7 @@ class lane : public std::enable_shared_from_this<lane> {
     keys_ = std::move(setup.keys);
     wants_ = setup.wants;
     retry_ = setup.retry;
+    age_check_ms_ = 0;  // max_age may have changed
     max_pending_ = setup.max_pending;
     batch_ = setup.batch;
     flush_interval_ = setup.flush_interval;
@@ -304,6 +305,7 @@ class lane : public std::enable_shared_from_this<lane> {
     outcomes_.reset_watermark();
     retry_timer_.cancel();
     age_timer_.cancel();
+    age_check_ms_ = 0;
     probe_id_.reset();
     read_top_ = -1;
     acked_read_ = 0;
@@ -406,6 +408,7 @@ class lane : public std::enable_shared_from_this<lane> {
     it.replayed = e.replayed;
     metrics_.event_captured(cfg_.name, to_string(it.kind));
     order_.add(e.id, it.key, e.next_attempt_ms.value_or(0));
+    if (it.first_attempt_ms) note_first_attempt(*it.first_attempt_ms);
     items_.emplace(e.id, std::move(it));
   }
 
@@ -475,10 +478,15 @@ class lane : public std::enable_shared_from_this<lane> {
   // attempted before would reach retry.max_age only when it is tried again. It ends at its time instead: a
   // dead letter whose reason says why it waited. Events never attempted have no age yet (max_age counts from
   // the first attempt) and wait, as the backlog does. The timer comes back for the next one to expire.
+  // The scan runs only once the earliest known time has come (age_check_ms_): pump runs after every read,
+  // and a paused lane holds up to max_pending_per_endpoint events.
   void expire_waiting(std::int64_t now_ms) {
     constexpr std::int64_t ms_max = std::numeric_limits<std::int64_t>::max();
-    const auto max_age_s = std::max<std::int64_t>(0, retry_.max_age.count());
-    const std::int64_t max_age_ms = max_age_s > ms_max / 1000 ? ms_max : max_age_s * 1000;
+    if (now_ms < age_check_ms_) {
+      if (age_check_ms_ != ms_max) arm(age_timer_, age_check_ms_, now_ms);
+      return;
+    }
+    const std::int64_t max_age_ms = this->max_age_ms();
     std::vector<std::int64_t> expired;
     std::optional<std::int64_t> next;
     for (const auto& [id, it] : items_) {
@@ -515,7 +523,23 @@ class lane : public std::enable_shared_from_this<lane> {
       items_.erase(found);
     }
     if (!expired.empty()) schedule_flush();
+    age_check_ms_ = next.value_or(ms_max);
     if (next) arm(age_timer_, *next, now_ms);
+  }
+
+  std::int64_t max_age_ms() const {
+    constexpr std::int64_t ms_max = std::numeric_limits<std::int64_t>::max();
+    const auto max_age_s = std::max<std::int64_t>(0, retry_.max_age.count());
+    return max_age_s > ms_max / 1000 ? ms_max : max_age_s * 1000;
+  }
+
+  // An event held here has (or got) its first attempt: it reaches max_age just after first_ms + max_age.
+  void note_first_attempt(std::int64_t first_ms) {
+    const auto max_age_ms = this->max_age_ms();
+    const auto due = first_ms <= std::numeric_limits<std::int64_t>::max() - max_age_ms - 1
+                         ? first_ms + max_age_ms + 1
+                         : std::numeric_limits<std::int64_t>::max();
+    age_check_ms_ = std::min(age_check_ms_, due);
   }
 
   int burst() const {
@@ -605,7 +629,10 @@ class lane : public std::enable_shared_from_this<lane> {
   void send(std::int64_t id, std::int64_t now_ms) {
     item& it = items_.at(id);
     ++it.attempts;
-    if (!it.first_attempt_ms) it.first_attempt_ms = now_ms;
+    if (!it.first_attempt_ms) {
+      it.first_attempt_ms = now_ms;
+      note_first_attempt(now_ms);
+    }
     const auto timestamp = now_ms / 1000;
     header_list headers;
     headers.reserve(4 + cfg_.headers.size());
@@ -762,6 +789,7 @@ class lane : public std::enable_shared_from_this<lane> {
     }
     outcomes_.add(std::move(u));
     if (d.what == verdict::retry) {
+      note_first_attempt(*it.first_attempt_ms);  // the scans pass over events in flight
       order_.retry(a.event_id, now_ms + d.delay.count());
     } else {
       order_.complete(a.event_id);
@@ -810,7 +838,8 @@ class lane : public std::enable_shared_from_this<lane> {
   bool guard_armed_ = false;
   steady_timer flush_timer_;
   bool flush_armed_ = false;
-  pump_timer age_timer_;  // paused or open: the next waiting event to reach max_age
+  pump_timer age_timer_;           // paused or open: the next waiting event to reach max_age
+  std::int64_t age_check_ms_ = 0;  // no held event reaches max_age before (unix ms); 0: unknown, scan
   std::uint64_t abandoned_ = 0;
   std::int64_t read_top_ = -1;
   std::uint64_t acked_read_ =
