@@ -395,9 +395,9 @@ class housekeeping_task {
 // the notifications off (each one would make its transaction commit alone, see the migration) and reads
 // every poll_every instead: at such rates a read finds a few rows each time. When they slow below
 // listen_below, it turns them on again, and settles: a transaction that skipped its notification meanwhile
-// may still be open, so it checks, at growing intervals, until every transaction below the id the switch
-// returned has ended, then marks the state settled, reads once more and waits for notifications alone. A
-// later leader that finds it settled has nothing to check.
+// may still be open, so it reads and checks, at growing intervals up to settle_max, until every transaction
+// below the id the switch returned has ended, then marks the state settled, reads once more and waits for
+// notifications alone. A later leader that finds it settled has nothing to check.
 class wake_control {
  public:
   static constexpr milliseconds window{100};
@@ -442,7 +442,9 @@ class wake_control {
     }
     next_ = now + settle_wait_;
     settle_wait_ = std::min(settle_wait_ * 2, settle_max);
-    return false;
+    // Read meanwhile: the bound is the whole cluster's, so an unrelated transaction left open for minutes (in
+    // any database) holds it back, while one that skipped its notification may have committed already.
+    return true;
   }
 
   // Stopping: notifications on again for whoever reads next (an instance built before migration 0008 relies
