@@ -529,43 +529,42 @@ pgb3() {
 }
 median() { sort -n | awk '{v[NR] = $1} END {printf "%.0f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f", (1 - b / a) * 100}'; }
-plain_tps=(); relay_tps=(); notify_tps=()
-for _ in $(seq 1 $capture_rounds); do
-  read -r p r n < <(pgb3 off 2)
-  plain_tps+=("$p"); relay_tps+=("$r"); notify_tps+=("$n")
-done
+# capture_set SYNC CLIENTS ROUNDS -> three lines: the tps of each round without triggers, with the
+# notifications off, with them on.
+capture_set() {
+  local p r n ps="" rs="" ns=""
+  for _ in $(seq 1 "$3"); do
+    read -r p r n < <(pgb3 "$1" "$2")
+    ps+=" $p"; rs+=" $r"; ns+=" $n"
+  done
+  printf '%s\n%s\n%s\n' "${ps# }" "${rs# }" "${ns# }"
+}
+med() { printf '%s\n' $1 | median; }
+{ read -r plain_runs; read -r relay_runs; read -r notify_runs; } < <(capture_set off 2 "$capture_rounds")
 outbox_rows=$(sql cap_relay "SELECT count(*) FROM appointment_relay.outbox")
 [ "$outbox_rows" -gt 0 ] || fail "the triggers captured nothing in cap_relay"
-plain=$(printf '%s\n' "${plain_tps[@]}" | median)
-with=$(printf '%s\n' "${relay_tps[@]}" | median)
+plain=$(med "$plain_runs")
+with=$(med "$relay_runs")
+with_notify=$(med "$notify_runs")
 overhead=$(pct "$plain" "$with")
-with_notify=$(printf '%s\n' "${notify_tps[@]}" | median)
 overhead_notify=$(pct "$plain" "$with_notify")
 sync_note=""
 sync_overhead=""
 if [ $quick -eq 0 ]; then  # the same with durable commits (Canvas's setting): bound by the disk's flush time
-  sync_plain_tps=(); sync_relay_tps=(); sync_notify_tps=()
-  for _ in $(seq 1 $capture_rounds); do
-    read -r p r n < <(pgb3 on 2)
-    sync_plain_tps+=("$p"); sync_relay_tps+=("$r"); sync_notify_tps+=("$n")
-  done
-  sync_plain=$(printf '%s\n' "${sync_plain_tps[@]}" | median)
-  sync_relay=$(printf '%s\n' "${sync_relay_tps[@]}" | median)
-  sync_notify=$(printf '%s\n' "${sync_notify_tps[@]}" | median)
+  { read -r sp_runs; read -r sr_runs; read -r sn_runs; } < <(capture_set on 2 "$capture_rounds")
+  sync_plain=$(med "$sp_runs")
+  sync_relay=$(med "$sr_runs")
+  sync_notify=$(med "$sn_runs")
   sync_overhead=$(pct "$sync_plain" "$sync_relay")
   sync_overhead_notify=$(pct "$sync_plain" "$sync_notify")
   # Eight writers, as a clinic's application servers would be: where commits would share flushes.
-  c8_plain_tps=(); c8_relay_tps=(); c8_notify_tps=()
-  for _ in 1 2 3; do
-    read -r p r n < <(pgb3 on 8)
-    c8_plain_tps+=("$p"); c8_relay_tps+=("$r"); c8_notify_tps+=("$n")
-  done
-  c8_plain=$(printf '%s\n' "${c8_plain_tps[@]}" | median)
-  c8_relay=$(printf '%s\n' "${c8_relay_tps[@]}" | median)
-  c8_notify=$(printf '%s\n' "${c8_notify_tps[@]}" | median)
-  sync_note="Durable commits (synchronous_commit on, fsync on), 2 clients: tps without triggers ${sync_plain_tps[*]}; with, notifications off ${sync_relay_tps[*]}; on ${sync_notify_tps[*]}. 8 clients (3 rounds): without ${c8_plain_tps[*]}; off ${c8_relay_tps[*]}; on ${c8_notify_tps[*]}."
+  { read -r c8p_runs; read -r c8r_runs; read -r c8n_runs; } < <(capture_set on 8 3)
+  c8_plain=$(med "$c8p_runs")
+  c8_relay=$(med "$c8r_runs")
+  c8_notify=$(med "$c8n_runs")
+  sync_note="Durable commits (synchronous_commit on, fsync on), 2 clients: tps without triggers $sp_runs; with, notifications off $sr_runs; on $sn_runs. 8 clients (3 rounds): without $c8p_runs; off $c8r_runs; on $c8n_runs."
 fi
-log "   without triggers ${plain_tps[*]} tps, with ${relay_tps[*]} tps (notifications off), ${notify_tps[*]} (on): overhead $overhead%, $overhead_notify%"
+log "   without triggers $plain_runs tps, with $relay_runs tps (notifications off), $notify_runs (on): overhead $overhead%, $overhead_notify%"
 
 # ---------------------------------------------------------------------------------------------------------
 # 3. Latency (and the CPU per event under a steady stream): 300 changes/s on one connection.
@@ -926,7 +925,7 @@ report=$work/report.md
   echo
   echo "Details:"
   echo
-  echo "- Capture: pgbench -c 2 -j 2, ${capture_seconds}s per run, ${capture_rounds} alternating rounds (medians in the table), single-row inserts (half api_appointment, half api_notestatechangeevent with CLD/RVT/CVD/NSW), the target row with durable commits (Canvas's setting, where the flush wait dominates), the reported row with synchronous_commit off, so that the transactions' own work is measured and not the disk's flush time (the stricter measure: a flush-bound rate hides the triggers); a CHECKPOINT before each run; no relay running (the triggers' cost alone), the triggers' notifications set off and on by hand (\`appointment_relay.listening\`, migration 0008) as the relay sets them by the rate of changes. synchronous_commit off, tps without triggers: ${plain_tps[*]}; with, notifications off: ${relay_tps[*]}; on: ${notify_tps[*]}. $sync_note"
+  echo "- Capture: pgbench -c 2 -j 2, ${capture_seconds}s per run, ${capture_rounds} alternating rounds (medians in the table), single-row inserts (half api_appointment, half api_notestatechangeevent with CLD/RVT/CVD/NSW), the target row with durable commits (Canvas's setting, where the flush wait dominates), the reported row with synchronous_commit off, so that the transactions' own work is measured and not the disk's flush time (the stricter measure: a flush-bound rate hides the triggers); a CHECKPOINT before each run; no relay running (the triggers' cost alone), the triggers' notifications set off and on by hand (\`appointment_relay.listening\`, migration 0008) as the relay sets them by the rate of changes. synchronous_commit off, tps without triggers: $plain_runs; with, notifications off: $relay_runs; on: $notify_runs. $sync_note"
   echo "- Latency: $(kv "$work/lat.produced" changes) changes, $lat_n notifiable (cycle per appointment: created, BKD, cancelled, reverted, rescheduled, checked_in); p90 $(ms "$(kv "$work/lat.result" p90_us)"), mean $(ms "$(kv "$work/lat.result" mean_us)"), min $(ms "$(kv "$work/lat.result" min_us)") (negative: the webhook arrived before the producer, descheduled after its COMMIT returned, read its clock; the row above measures from the capturing trigger's clock_timestamp() instead, which is before the COMMIT and its WAL flush); missing $(kv "$work/lat.result" missing), duplicates $(kv "$work/lat.result" duplicates). Commit time: producer's clock right after COMMIT returns; receipt: the receiver's clock when the request is read. At log level info (a run of the same length and rate, one info line per delivered event to a file): p90 $(ms "$(kv "$work/lat_info.result" p90_us)"), relay CPU $info_cpu_us µs per event, VmHWM $(mb "$info_hwm")."
   echo "- Throughput: $(kv "$work/flood.produced" changes) changes, $flood_n notifiable in $(kv "$work/flood.produced" seconds)s; window from ${flood_warmup}s after the first commit to the last; last receipt $(kv "$work/flood.result" catch_up_ms) ms after the last commit; latency under this load p50 $(ms "$(kv "$work/flood.result" p50_us)"), p99 $(ms "$(kv "$work/flood.result" p99_us)"); relay CPU $flood_cpu_us µs per event; CPU use over the run (% of one core): $flood_split; VmHWM $(mb "$flood_hwm")."
   echo "- Drain: $drain_events events (half created, half cancelled), inserted in ${big_insert_s}s in transactions of 10,000 rows before the relay starts; rate = events / (last receipt - relay start), start-up included; from the first receipt: $(kv "$work/drain_big.result" per_s_from_first)/s; first receipt $(kv "$work/drain_big.result" first_receipt_ms) ms after start. CPU from relay start to the last 2xx: $big_split. Smaller backlog ($drain_small): $small_rate/s, $small_cpu_us µs per event. CPU per event: the relay's whole utime+stime (start-up included) over the events."
