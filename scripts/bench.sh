@@ -22,6 +22,8 @@
 #                               refused or paused one): stream length per run and rounds of the five runs
 #                               (default 20 s, 3; 1.5 s, 2 in --quick)
 #   BENCH_ONLY=stalled          run scenario 12 alone (its rows printed, nothing written to bench/results)
+#   BENCH_STALLED_CONFIGS="alone healthy paused"   with BENCH_ONLY=stalled: the configurations to run (alone
+#                               and healthy always run: the ratios are over them)
 #   BENCH_BIN_DIR=dir           take appointment-relay, appointment-relay-receiver, bench_producer and
 #                               classifier_bench from dir instead of building them (a tree others build in:
 #                               copies that no later build changes under the run); the build type is still
@@ -395,6 +397,14 @@ stalled_run() {
   log "   $c: $(grep -E '^(matched|missing|p50_us|p99_us|max_us)=' "$work/$d.result" | tr '\n' ' ')relay cpu/event ${st_cpu_us}us${st_b:+; $st_b}"
 }
 st_configs="alone healthy stalled refused paused"
+if [ -n "${BENCH_STALLED_CONFIGS:-}" ]; then
+  [ "$only" = stalled ] || { echo "bench: BENCH_STALLED_CONFIGS needs BENCH_ONLY=stalled" >&2; exit 2; }
+  for c in $BENCH_STALLED_CONFIGS; do
+    case " $st_configs " in *" $c "*) ;; *) echo "bench: BENCH_STALLED_CONFIGS: no configuration \"$c\" (one of $st_configs)" >&2; exit 2 ;; esac
+  done
+  st_configs="alone healthy $(printf '%s\n' $BENCH_STALLED_CONFIGS | grep -vx -e alone -e healthy | tr '\n' ' ')"
+fi
+st_has() { case " $st_configs " in *" $1 "*) return 0 ;; esac; return 1; }
 # stalled_scenario: sets st_p50[CONFIG], st_p99[CONFIG], st_cpu[CONFIG] (medians of the rounds, µs),
 # st_rounds[CONFIG] (each round's figures) and st_load (the 1-minute load average at each run's start).
 declare -A st_p50=() st_p99=() st_cpu=() st_cpus=() st_rounds=()
@@ -439,6 +449,7 @@ stalled_rows() {
   echo "| 12 | endpoint A's latency at $latency_rate changes/s, p50 / p99, A alone (medians of $stalled_rounds rounds of ${stalled_seconds}s, each round every configuration once, the order rotating) | $(ms "${st_p50[alone]}") / $(ms "${st_p99[alone]}") | reported | | |"
   echo "| 12 | the same beside a healthy endpoint B (a second fast receiver: the cost of any second endpoint); per round over A alone, median (range) | $(ms "${st_p50[healthy]}") / $(ms "${st_p99[healthy]}"); p99 $(st_ratio healthy alone p99_us), p50 $(st_ratio healthy alone p50_us) of A alone | reported | | |"
   for c in stalled refused paused; do
+    st_has $c || continue
     case $c in
     stalled) what="a stalled B (accepts connections, never answers; B's timeout $st_b_timeout, so that its requests time out and go again during the stream)" ;;
     refused) what="a refused B (closed port), its breaker open" ;;
@@ -446,13 +457,13 @@ stalled_rows() {
     esac
     echo "| 12 | the same beside $what; per round over beside the healthy B, and over A alone | $(ms "${st_p50[$c]}") / $(ms "${st_p99[$c]}"); p99 $(st_ratio $c healthy p99_us), p50 $(st_ratio $c healthy p50_us) of beside the healthy B; p99 $(st_ratio $c alone p99_us), p50 $(st_ratio $c alone p50_us) of A alone | p99 as beside the healthy B | | |"
   done
-  echo "| 12 | relay CPU over the stream, per event of the stream (medians): A alone / beside B healthy / stalled / refused / paused | ${st_cpu[alone]} / ${st_cpu[healthy]} / ${st_cpu[stalled]} / ${st_cpu[refused]} / ${st_cpu[paused]} µs | | | |"
+  echo "| 12 | relay CPU over the stream, per event of the stream (medians): A alone / beside B healthy / stalled / refused / paused | ${st_cpu[alone]} / ${st_cpu[healthy]} / ${st_cpu[stalled]:--} / ${st_cpu[refused]:--} / ${st_cpu[paused]:--} µs | | | |"
 }
 stalled_details() {
   local lo hi
   lo=$(printf '%s\n' $st_load | sort -g | head -n 1)
   hi=$(printf '%s\n' $st_load | sort -g | tail -n 1)
-  echo "- Endpoint beside another (issue 12): each run a new database, the relay with endpoint A (the fast receiver) and, but for \"alone\", endpoint B (max_in_flight 16); $st_warm warm-up events, then the $latency_rate/s stream for ${stalled_seconds}s; A's commit-to-receipt latency as in row 3 (every event must reach A); relay shutdown_timeout 0s in all five; each round runs the five once, the first one rotating per round. Ratios: a configuration's p50 or p99 over that of A alone (or beside the healthy B) in the same round; median and range over the rounds. 1-minute load average at the start of each run: $lo to $hi (in order:$st_load). Per round, A alone: ${st_rounds[alone]}. Beside a healthy B (a second fast receiver on 127.0.0.1; it takes the whole stream too, its receiver's CPU on the same cores): ${st_rounds[healthy]}. Beside a stalled B (a listener that accepts and never reads; B's timeout $st_b_timeout, breaker_after the default 1 min, so B stays failing and retries): ${st_rounds[stalled]}. Beside a refused B (breaker_after 0s, so that its 10 failures of the warm-up open it; then only probes): ${st_rounds[refused]}. Beside a paused B (a second fast receiver; B takes the warm-up, then \`appointment-relay pause --endpoint b\` and the stream once the relay shows it paused): ${st_rounds[paused]}. B's state, attempts and retries: at the end of the stream."
+  echo "- Endpoint beside another (issue 12): each run a new database, the relay with endpoint A (the fast receiver) and, but for \"alone\", endpoint B (max_in_flight 16); $st_warm warm-up events, then the $latency_rate/s stream for ${stalled_seconds}s; A's commit-to-receipt latency as in row 3 (every event must reach A); relay shutdown_timeout 0s in all five; each round runs the five once, the first one rotating per round. Ratios: a configuration's p50 or p99 over that of A alone (or beside the healthy B) in the same round; median and range over the rounds. 1-minute load average at the start of each run: $lo to $hi (in order:$st_load). Per round, A alone: ${st_rounds[alone]}. Beside a healthy B (a second fast receiver on 127.0.0.1; it takes the whole stream too, its receiver's CPU on the same cores): ${st_rounds[healthy]}. Beside a stalled B (a listener that accepts and never reads; B's timeout $st_b_timeout, breaker_after the default 1 min, so B stays failing and retries): ${st_rounds[stalled]:-not run}. Beside a refused B (breaker_after 0s, so that its 10 failures of the warm-up open it; then only probes): ${st_rounds[refused]:-not run}. Beside a paused B (a second fast receiver; B takes the warm-up, then \`appointment-relay pause --endpoint b\` and the stream once the relay shows it paused): ${st_rounds[paused]:-not run}. B's state, attempts and retries: at the end of the stream."
 }
 if [ "$only" = stalled ]; then
   ms() { awk -v u="$1" 'BEGIN {printf "%.3f ms", u / 1000}'; }

@@ -98,6 +98,7 @@ struct state {
   bool finished = false;
   std::deque<fetch_command> fetches;                // to run now
   std::map<std::string, fetch_command> parked;      // waiting fetches, by endpoint: run on news
+  std::set<std::string> holding;                    // endpoints that read nothing until they fetch again
   std::uint64_t news = 0;                           // notifications (and poll ticks) seen so far
   std::map<std::string, std::uint64_t> read_begun;  // endpoint -> `news` when its last read began
   record_batch records;
@@ -142,6 +143,7 @@ struct state {
       std::lock_guard lock(mutex);
       n = session = ++sessions_made;
       installation = installation_id;
+      holding.clear();
     }
     confirmed_ns = steady::now().time_since_epoch().count();
     lapsed_session = 0;
@@ -223,14 +225,15 @@ struct state {
     return std::any_of(parked.begin(), parked.end(), [&](const auto& p) { return may_have_news(p.first); });
   }
   // A notification or the poll tick: waiting fetches become due; the io thread is woken only for endpoints
-  // with no waiting fetch (reading, held back by a full window, or not yet started).
+  // with neither a waiting fetch nor a hold (reading, or not yet started).
   void on_news() {
     bool all_waiting;
     {
       std::lock_guard lock(mutex);
       ++news;
-      all_waiting = !endpoint_names.empty() && std::all_of(endpoint_names.begin(), endpoint_names.end(),
-                                                           [&](const auto& n) { return parked.contains(n); });
+      all_waiting = !endpoint_names.empty() &&
+                    std::all_of(endpoint_names.begin(), endpoint_names.end(),
+                                [&](const auto& n) { return parked.contains(n) || holding.contains(n); });
     }
     if (!all_waiting) post_wake();
   }
@@ -665,6 +668,7 @@ class worker final : public db_worker {
     {
       std::lock_guard lock(state_->mutex);
       if (!state_->stopping && session == state_->session) {
+        state_->holding.erase(f.endpoint);
         if (auto it = state_->parked.find(f.endpoint); it != state_->parked.end()) {
           replaced = std::move(it->second);
           state_->parked.erase(it);
@@ -681,6 +685,11 @@ class worker final : public db_worker {
     }
     if (replaced) state_->answer(*replaced, {});
     if (f.done) state_->answer(f, {});
+  }
+
+  void hold(std::string endpoint, std::uint64_t session) override {
+    std::lock_guard lock(state_->mutex);
+    if (!state_->stopping && session == state_->session) state_->holding.insert(std::move(endpoint));
   }
 
   void record(std::vector<delivery_update> updates, std::map<std::string, watermark> done_through) override {

@@ -217,6 +217,49 @@ TEST_F(db_worker_test, should_run_a_waiting_fetch_on_the_next_notification_witho
   EXPECT_TRUE(third.get().empty());
 }
 
+// An endpoint that holds (a full window, paused, its breaker open) reads nothing until it fetches again: news
+// wakes the io thread for neither it nor an endpoint whose fetch waits; once it fetches, it is woken again.
+TEST_F(db_worker_test, should_not_wake_the_io_thread_for_an_endpoint_that_holds) {
+  AR_REQUIRE_DATABASE();
+  scratch_database db;
+  recorder r;
+  auto s = settings(db.url());
+  s.endpoints = {"a", "held"};
+  auto w = start(s, r);
+  ASSERT_TRUE(r.wait_events(1, 5s));
+  EXPECT_TRUE(fetch(*w, "a").empty());
+  EXPECT_TRUE(fetch(*w, "held").empty());
+  auto park = [&](const std::string& endpoint) {
+    auto p = std::make_shared<std::promise<std::vector<pending_event>>>();
+    net::post(io_, [&w, &r, p, endpoint] {
+      w->fetch(
+          endpoint, r.session(), 100, [p](std::vector<pending_event> rows) { p->set_value(std::move(rows)); },
+          true);
+    });
+    return p->get_future();
+  };
+  auto a = park("a");
+  net::post(io_, [&w, &r] { w->hold("held", r.session()); });
+  std::this_thread::sleep_for(100ms);
+  int wakes_before = r.wakes();
+  book(db);
+  ASSERT_EQ(a.wait_for(2s), std::future_status::ready);
+  EXPECT_EQ(a.get().size(), 1u);
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(r.wakes(), wakes_before) << "woken for an endpoint that holds";
+
+  // Its next fetch ends the hold: it reads what arrived meanwhile, and news wakes the io thread for it again.
+  EXPECT_EQ(fetch(*w, "held").size(), 1u);
+  a = park("a");
+  std::this_thread::sleep_for(100ms);
+  wakes_before = r.wakes();
+  book(db);
+  ASSERT_EQ(a.wait_for(2s), std::future_status::ready);
+  ASSERT_TRUE(r.wait([wakes_before](const auto&, int wakes) { return wakes > wakes_before; }, 2s))
+      << "no wake-up for an endpoint with neither a waiting fetch nor a hold";
+  w->stop(2s);
+}
+
 TEST_F(db_worker_test, should_reconnect_after_its_session_is_terminated_and_read_what_was_missed) {
   AR_REQUIRE_DATABASE();
   scratch_database db;

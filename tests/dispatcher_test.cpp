@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <future>
 #include <set>
 #include <thread>
@@ -414,6 +415,61 @@ TEST(dispatcher, should_not_let_an_endpoint_that_is_down_delay_another) {
   EXPECT_LE(source.handed("down"), 20u) << "the endpoint that is down holds at most its window";
   d->drain(500ms, [&] { io.stop(); });
   io.run_for(2s);
+}
+
+// A paused endpoint, or one whose breaker is open, sends nothing new: it reads one page to hold (a probe's
+// event) and no more until it is resumed or the breaker closes, so that its reads do not queue before the
+// other endpoints' on the database thread. Then it reads and sends everything.
+TEST(dispatcher, should_read_no_further_for_a_paused_or_open_endpoint_until_it_may_send) {
+  for (const bool pause : {true, false}) {
+    SCOPED_TRACE(pause ? "paused" : "breaker open");
+    std::atomic<bool> answering{pause};  // the held endpoint's receiver: 503 until it answers
+    test_http_server held(
+        [&](const recorded_request&, int) { return response_plan::with_status(answering ? 200 : 503); });
+    test_http_server up(testing::always_status(200));
+    net::io_context io;
+    fake_source source(io, 100);
+    metrics m;
+    dispatcher_settings s;
+    s.endpoints = {endpoint_to("held", held.url()), endpoint_to("up", up.url())};
+    s.endpoints[0].breaker_probe_max = 200ms;  // failed probes every 200 ms
+    s.max_pending_per_endpoint = 40;
+    s.batch_size = 10;
+    auto d = make_dispatcher(io.get_executor(), s, source, m);
+    endpoint_control c;
+    c.health.endpoint = "held";
+    c.paused = pause;
+    if (!pause) {
+      const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
+      c.health.health = endpoint_health::open;
+      c.health.probe_at_ms = now_ms + 100;
+    }
+    d->activate("test", 1);
+    d->control({c}, true);
+    for (int i = 0; i < 100 && source.delivered("up") < 100; ++i) io.run_for(20ms);
+    io.run_for(500ms);  // probes fail meanwhile (breaker open)
+    EXPECT_EQ(source.delivered("up"), 100u);
+    EXPECT_EQ(source.delivered("held"), 0u);
+    EXPECT_EQ(source.handed("held"), 10u) << "read past its first page while it could send nothing";
+    if (pause)
+      EXPECT_EQ(held.request_count(), 0u) << "a paused endpoint was sent to";
+    else
+      EXPECT_GE(held.request_count(), 2u) << "no probes";
+    d->wake();  // news: still nothing read
+    io.run_for(50ms);
+    EXPECT_EQ(source.handed("held"), 10u);
+
+    // Resumed, or the breaker closed by a probe: everything is read and sent.
+    answering = true;
+    if (pause) d->control({}, false);
+    for (int i = 0; i < 150 && source.delivered("held") < 100; ++i) io.run_for(20ms);
+    EXPECT_EQ(source.delivered("held"), 100u);
+    EXPECT_EQ(source.handed("held"), 100u);
+    d->drain(500ms, [&] { io.stop(); });
+    io.run_for(2s);
+  }
 }
 
 // An HTTP client that never answers on its own: the test answers, late or never. It records what the lane

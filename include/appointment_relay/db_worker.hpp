@@ -46,7 +46,7 @@ struct db_worker_callbacks {
   // Connection lost or leadership not confirmed within the lease: stop sending at once.
   std::function<void()> on_inactive;
   // New rows may be there (NOTIFY, poll tick, catch-up after (re)connect); not called when every endpoint
-  // has a waiting fetch, which the worker then runs itself.
+  // has a waiting fetch (which the worker then runs itself) or holds (event_source::hold).
   std::function<void()> on_wake;
   std::function<void()> on_standby;  // connected, but another instance holds the leadership
   // Every endpoint's row of endpoint_state: right after on_active (initial: the health to start from), and

@@ -32,6 +32,9 @@ class event_source {
                       std::map<std::string, watermark> done_through) = 0;
   // An endpoint's health changed (the breaker): written with the next outcomes, the latest per endpoint.
   virtual void save_health(endpoint_health_update) {}
+  // The endpoint reads nothing until its next fetch, whatever arrives (its window is full, it is paused, or
+  // its breaker is open): news need not wake the caller on its account. Its next fetch ends the hold.
+  virtual void hold(std::string /*endpoint*/, std::uint64_t /*session*/) {}
 };
 
 }  // namespace appointment_relay
