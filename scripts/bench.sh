@@ -226,6 +226,8 @@ stop_relay() {
   wait "$relay_pid" || log "the relay exited with $? (log: $(tail -n 3 "$1" | tr '\n' ' '))"
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of all of a process's threads (voluntary and not): how often its threads slept and woke.
+ctx_switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'; }
 # PostgreSQL's CPU: the postmaster with its reaped children, plus its live children.
 pg_ticks() {
   local pm
@@ -332,7 +334,7 @@ st_new_db() {
 # stalled_run CONFIG ROUND (one of st_configs): results in $work/st_CONFIG_ROUND.result (A's latency; the
 # healthy B's in .b.result); sets st_cpu_us and st_b (what became of B).
 stalled_run() {
-  local c=$1 d=st_$1_$2 cpu0 cpu1 n listener_pid="" b_port a_pid a_port b_pid="" s
+  local c=$1 d=st_$1_$2 cpu0 cpu1 ctx0 ctx1 n listener_pid="" b_port a_pid a_port b_pid="" s
   st_new_db "$d"
   st_load+=" $(cut -d' ' -f1 /proc/loadavg)"
   start_receiver "$work/$d.received"
@@ -366,19 +368,19 @@ stalled_run() {
   refused) st_until "$d" open 'endpoint="b",state="open"' ;;
   esac
   relay_env=()
-  cpu0=$(cpu_ticks "$relay_pid")
+  cpu0=$(cpu_ticks "$relay_pid"); ctx0=$(ctx_switches "$relay_pid")
   "$producer" stream --db "$base/$d" --rate $latency_rate --seconds "$stalled_seconds" --out "$work/$d.commits" \
     >"$work/$d.produced" || fail "producer (stream)"
   n=$(kv "$work/$d.produced" notifiable)
   st_wait "$d" default $((n + st_warm))
   [ "$c" = healthy ] && st_wait "$d" b $((n + st_warm))
-  cpu1=$(cpu_ticks "$relay_pid")
+  cpu1=$(cpu_ticks "$relay_pid"); ctx1=$(ctx_switches "$relay_pid")
   st_b=""
   if [ "$c" != alone ]; then
     for s in healthy failing open paused; do
       if [ "$(metric appointment_relay_endpoint_state "endpoint=\"b\",state=\"$s\"")" -eq 1 ]; then st_b=$s; fi
     done
-    st_b="B $st_b, $(metric appointment_relay_delivery_attempts_total 'endpoint="b"') attempts, $(metric appointment_relay_retries_total 'endpoint="b"') retries"
+    st_b="B $st_b, $(metric appointment_relay_events_captured_total 'endpoint="b"') events read, $(metric appointment_relay_delivery_attempts_total 'endpoint="b"') attempts, $(metric appointment_relay_retries_total 'endpoint="b"') retries"
   fi
   stop_relay "$work/relay-$d.log"
   stop_receiver
@@ -394,7 +396,8 @@ stalled_run() {
   fi
   psql -q "$server" -c "DROP DATABASE $d" >/dev/null
   st_cpu_us=$(awk -v t=$((cpu1 - cpu0)) -v n="$n" -v hz="$tick" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
-  log "   $c: $(grep -E '^(matched|missing|p50_us|p99_us|max_us)=' "$work/$d.result" | tr '\n' ' ')relay cpu/event ${st_cpu_us}us${st_b:+; $st_b}"
+  st_ctx=$(awk -v c=$((ctx1 - ctx0)) -v n="$n" 'BEGIN {printf "%.2f", c / n}')
+  log "   $c: $(grep -E '^(matched|missing|p50_us|p99_us|max_us)=' "$work/$d.result" | tr '\n' ' ')relay cpu/event ${st_cpu_us}us, context switches/event $st_ctx${st_b:+; $st_b}"
 }
 st_configs="alone healthy stalled refused paused"
 if [ -n "${BENCH_STALLED_CONFIGS:-}" ]; then
@@ -407,7 +410,7 @@ fi
 st_has() { case " $st_configs " in *" $1 "*) return 0 ;; esac; return 1; }
 # stalled_scenario: sets st_p50[CONFIG], st_p99[CONFIG], st_cpu[CONFIG] (medians of the rounds, µs),
 # st_rounds[CONFIG] (each round's figures) and st_load (the 1-minute load average at each run's start).
-declare -A st_p50=() st_p99=() st_cpu=() st_cpus=() st_rounds=()
+declare -A st_p50=() st_p99=() st_cpu=() st_cpus=() st_rounds=() st_ctxs=() st_ctxm=()
 st_load=""
 stalled_scenario() {
   local r c k order
@@ -422,6 +425,7 @@ stalled_scenario() {
     for c in $order; do
       stalled_run "$c" "$r"
       st_cpus[$c]+=" $st_cpu_us"
+      st_ctxs[$c]+=" $st_ctx"
       st_rounds[$c]+="; p50 $(kv "$work/st_${c}_$r.result" p50_us) p99 $(kv "$work/st_${c}_$r.result" p99_us) max $(kv "$work/st_${c}_$r.result" max_us) µs, relay $st_cpu_us µs/event${st_b:+, $st_b}"
     done
   done
@@ -429,6 +433,7 @@ stalled_scenario() {
     st_p50[$c]=$(for r in $(seq 1 "$stalled_rounds"); do kv "$work/st_${c}_$r.result" p50_us; done | st_median)
     st_p99[$c]=$(for r in $(seq 1 "$stalled_rounds"); do kv "$work/st_${c}_$r.result" p99_us; done | st_median)
     st_cpu[$c]=$(printf '%s\n' ${st_cpus[$c]} | st_median)
+    st_ctxm[$c]=$(printf '%s\n' ${st_ctxs[$c]} | st_median)
     st_rounds[$c]=${st_rounds[$c]#; }
   done
   psql -q "$server" -c "DROP DATABASE $st_template" >/dev/null
@@ -458,6 +463,7 @@ stalled_rows() {
     echo "| 12 | the same beside $what; per round over beside the healthy B, and over A alone | $(ms "${st_p50[$c]}") / $(ms "${st_p99[$c]}"); p99 $(st_ratio $c healthy p99_us), p50 $(st_ratio $c healthy p50_us) of beside the healthy B; p99 $(st_ratio $c alone p99_us), p50 $(st_ratio $c alone p50_us) of A alone | p99 as beside the healthy B | | |"
   done
   echo "| 12 | relay CPU over the stream, per event of the stream (medians): A alone / beside B healthy / stalled / refused / paused | ${st_cpu[alone]} / ${st_cpu[healthy]} / ${st_cpu[stalled]:--} / ${st_cpu[refused]:--} / ${st_cpu[paused]:--} µs | | | |"
+  echo "| 12 | the relay's context switches (all threads) over the stream, per event (medians): A alone / beside B healthy / stalled / refused / paused | ${st_ctxm[alone]} / ${st_ctxm[healthy]} / ${st_ctxm[stalled]:--} / ${st_ctxm[refused]:--} / ${st_ctxm[paused]:--} | | | |"
 }
 stalled_details() {
   local lo hi

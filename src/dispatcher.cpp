@@ -436,16 +436,33 @@ class lane : public std::enable_shared_from_this<lane> {
   }
 
   void dead_without_item(const pending_event& e, dead_cause cause, std::string reason) {
-    spdlog::error("dead letter event={} endpoint={} reason=\"{}\"", e.id, cfg_.name, reason);
+    item bare;  // what the row gave: its attempts so far; no payload, no appointment
+    bare.attempts = e.attempts;
+    bare.first_attempt_ms = e.first_attempt_ms;
+    bare.replayed = e.replayed;
+    dead_letter(e.id, bare, cause, std::move(reason));
+  }
+
+  // An event ends without an attempt now (unreadable, rejected, or past max_age while it waited): one error
+  // line, the metric, and its outcome with the reason.
+  void dead_letter(std::int64_t id, const item& it, dead_cause cause, std::string reason) {
+    const auto now_ms = unix_ms_now();
+    if (it.key.empty())
+      spdlog::error("dead letter event={} endpoint={} reason=\"{}\"", id, cfg_.name, reason);
+    else
+      spdlog::error(
+          "dead letter event={} kind={} appointment={} endpoint={} attempt={} trace_id={} span_id={} "
+          "reason=\"{}\"",
+          id, to_string(it.kind), it.key, cfg_.name, it.attempts, it.trace_id, it.span_id, reason);
     metrics_.dead_letter(cfg_.name, dead_letter_label(cause, 0));
-    auto now = unix_ms_now();
     delivery_update u;
-    u.event_id = e.id;
+    u.event_id = id;
     u.endpoint = cfg_.name;
     u.state = delivery_state::dead;
-    u.attempts = e.attempts;
-    u.first_attempt_ms = e.first_attempt_ms.value_or(now);
-    u.last_attempt_ms = now;
+    u.attempts = it.attempts;
+    u.first_attempt_ms = it.first_attempt_ms.value_or(now_ms);
+    u.last_attempt_ms = now_ms;
+    u.replayed = it.replayed;
     u.last_error = reason;
     u.dead_reason = std::move(reason);
     outcomes_.add(std::move(u));
@@ -509,39 +526,23 @@ class lane : public std::enable_shared_from_this<lane> {
       if (age_check_ms_ != ms_max) arm(age_timer_, age_check_ms_, now_ms);
       return;
     }
-    const std::int64_t max_age_ms = this->max_age_ms();
     std::vector<std::int64_t> expired;
-    std::optional<std::int64_t> next;
+    std::int64_t next = ms_max;
     for (const auto& [id, it] : items_) {
       if (!it.first_attempt_ms || attempts_.running(id)) continue;
-      if (now_ms - *it.first_attempt_ms > max_age_ms) {
+      const auto due = max_age_expiry_ms(retry_, *it.first_attempt_ms);
+      if (now_ms >= due)
         expired.push_back(id);
-      } else if (*it.first_attempt_ms <= ms_max - max_age_ms - 1) {
-        const auto due = *it.first_attempt_ms + max_age_ms + 1;
-        if (!next || due < *next) next = due;
-      }
+      else
+        next = std::min(next, due);
     }
     const std::string why = paused_ ? "the endpoint was paused" : "the endpoint's breaker was open";
     for (auto id : expired) {
       auto found = items_.find(id);
-      item& it = found->second;
-      const std::string reason = fmt::format("max age reached while {} ({} attempts, the first {} s ago)",
-                                             why, it.attempts, (now_ms - *it.first_attempt_ms) / 1000);
-      spdlog::error("dead letter event={} kind={} appointment={} endpoint={} attempt={} {} reason=\"{}\"", id,
-                    to_string(it.kind), it.key, cfg_.name, it.attempts,
-                    "trace_id=" + it.trace_id + " span_id=" + it.span_id, reason);
-      metrics_.dead_letter(cfg_.name, dead_letter_label(dead_cause::max_age, 0));
-      delivery_update u;
-      u.event_id = id;
-      u.endpoint = cfg_.name;
-      u.state = delivery_state::dead;
-      u.attempts = it.attempts;
-      u.first_attempt_ms = *it.first_attempt_ms;
-      u.last_attempt_ms = now_ms;
-      u.replayed = it.replayed;
-      u.last_error = reason;
-      u.dead_reason = reason;
-      outcomes_.add(std::move(u));
+      const item& it = found->second;
+      dead_letter(id, it, dead_cause::max_age,
+                  fmt::format("max age reached while {} ({} attempts, the first {} s ago)", why, it.attempts,
+                              (now_ms - *it.first_attempt_ms) / 1000));
       order_.complete(id);
       items_.erase(found);
     }
@@ -549,23 +550,13 @@ class lane : public std::enable_shared_from_this<lane> {
       schedule_flush();
       if (unread_) maybe_fetch();  // an emptied window reads again (see sends_nothing_new)
     }
-    age_check_ms_ = next.value_or(ms_max);
-    if (next) arm(age_timer_, *next, now_ms);
-  }
-
-  std::int64_t max_age_ms() const {
-    constexpr std::int64_t ms_max = std::numeric_limits<std::int64_t>::max();
-    const auto max_age_s = std::max<std::int64_t>(0, retry_.max_age.count());
-    return max_age_s > ms_max / 1000 ? ms_max : max_age_s * 1000;
+    age_check_ms_ = next;
+    if (next != ms_max) arm(age_timer_, next, now_ms);
   }
 
   // An event held here has (or got) its first attempt: it reaches max_age just after first_ms + max_age.
   void note_first_attempt(std::int64_t first_ms) {
-    const auto max_age_ms = this->max_age_ms();
-    const auto due = first_ms <= std::numeric_limits<std::int64_t>::max() - max_age_ms - 1
-                         ? first_ms + max_age_ms + 1
-                         : std::numeric_limits<std::int64_t>::max();
-    age_check_ms_ = std::min(age_check_ms_, due);
+    age_check_ms_ = std::min(age_check_ms_, max_age_expiry_ms(retry_, first_ms));
   }
 
   int burst() const {

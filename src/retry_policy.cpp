@@ -223,6 +223,18 @@ std::string dead_letter_label(dead_cause cause, int status) {
   return "other";
 }
 
+std::int64_t max_age_ms(const retry_settings& settings) {
+  constexpr std::int64_t ms_max = std::numeric_limits<std::int64_t>::max();
+  const std::int64_t seconds = std::max<std::int64_t>(0, settings.max_age.count());
+  return seconds > ms_max / 1000 ? ms_max : seconds * 1000;
+}
+
+std::int64_t max_age_expiry_ms(const retry_settings& settings, std::int64_t first_attempt_ms) {
+  constexpr std::int64_t ms_max = std::numeric_limits<std::int64_t>::max();
+  const std::int64_t limit_ms = max_age_ms(settings);
+  return first_attempt_ms <= ms_max - limit_ms - 1 ? first_attempt_ms + limit_ms + 1 : ms_max;
+}
+
 decision decide(const retry_settings& settings, const attempt_result& result, int attempts,
                 std::chrono::milliseconds age, std::int64_t now_unix, double jitter) {
   decision d;
@@ -261,12 +273,9 @@ decision decide(const retry_settings& settings, const attempt_result& result, in
     d.reason = "max attempts reached (" + d.reason + ")";
     return d;
   }
-  // age + delay > max_age, written so that neither the sum nor the seconds-to-milliseconds product overflows.
-  constexpr std::int64_t ms_max = std::numeric_limits<std::int64_t>::max();
-  const std::int64_t max_age_ms = settings.max_age.count() > ms_max / 1000
-                                      ? ms_max
-                                      : std::max<std::int64_t>(0, settings.max_age.count()) * 1000;
-  if (age.count() > max_age_ms || d.delay.count() > max_age_ms - age.count()) {
+  // age + delay > max_age, written so that the sum does not overflow.
+  const std::int64_t limit_ms = max_age_ms(settings);
+  if (age.count() > limit_ms || d.delay.count() > limit_ms - age.count()) {
     d.what = verdict::dead;
     d.cause = dead_cause::max_age;
     d.delay = milliseconds(0);

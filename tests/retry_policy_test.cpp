@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 namespace appointment_relay {
 namespace {
 
@@ -198,6 +200,27 @@ TEST(retry_policy, should_give_up_when_the_next_attempt_would_pass_max_age) {
       EXPECT_EQ(d.reason, "max age reached (http 503)");
     }
   }
+}
+
+// The time an event waiting without attempts (paused, breaker open) ends: just past first attempt + max_age,
+// the same instant decide() calls past it; saturating instead of overflowing.
+TEST(retry_policy, should_place_the_max_age_expiry_just_past_max_age_and_saturate) {
+  constexpr std::int64_t ms_max = std::numeric_limits<std::int64_t>::max();
+  retry_settings s = settings_for_tests();  // max_age 3600 s
+  EXPECT_EQ(max_age_ms(s), 3'600'000);
+  EXPECT_EQ(max_age_expiry_ms(s, 1'000), 3'601'001);
+  // decide() at that age (expiry - first attempt) calls it past max_age, one millisecond earlier not.
+  EXPECT_EQ(decide(s, attempt_result{503, "", std::nullopt}, 2, milliseconds(3'600'001), 0, 0.0).what,
+            verdict::dead);
+  EXPECT_EQ(decide(s, attempt_result{503, "", std::nullopt}, 2, milliseconds(3'600'000), 0, 0.0).what,
+            verdict::retry);
+  EXPECT_EQ(max_age_expiry_ms(s, ms_max - 10), ms_max);
+  s.max_age = std::chrono::seconds(ms_max / 1000 + 1);
+  EXPECT_EQ(max_age_ms(s), ms_max);
+  EXPECT_EQ(max_age_expiry_ms(s, 0), ms_max);
+  s.max_age = std::chrono::seconds(-5);
+  EXPECT_EQ(max_age_ms(s), 0);
+  EXPECT_EQ(max_age_expiry_ms(s, 1'000), 1'001);
 }
 
 TEST(retry_policy, should_parse_retry_after_in_every_form) {

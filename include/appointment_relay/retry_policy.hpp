@@ -54,6 +54,13 @@ struct decision {
 decision decide(const retry_settings& settings, const attempt_result& result, int attempts,
                 std::chrono::milliseconds age, std::int64_t now_unix, double jitter);
 
+// retry.max_age in milliseconds: 0 for a negative setting, INT64_MAX where milliseconds would overflow.
+std::int64_t max_age_ms(const retry_settings& settings);
+
+// The first unix-ms time at which an event first attempted at first_attempt_ms is past max_age (INT64_MAX
+// when that time cannot be represented).
+std::int64_t max_age_expiry_ms(const retry_settings& settings, std::int64_t first_attempt_ms);
+
 // Retry-After as seconds or an HTTP date (RFC 9110 IMF-fixdate, also RFC 850 and asctime forms).
 // The delay from now_unix, never negative; empty when unreadable.
 std::optional<std::chrono::seconds> parse_retry_after(std::string_view value, std::int64_t now_unix);

@@ -106,8 +106,7 @@ TEST(endpoint_control, should_open_the_breaker_probe_one_at_a_time_close_on_succ
   EXPECT_EQ(relay->count_in_log("dead letter"), 0u) << relay->log();
   EXPECT_EQ(relay->count_in_log("breaker open:"), 0u) << "opened again after the restart";
   // The state is written with the next outcomes: healthy again in the database.
-  for (int i = 0; i < 50 && endpoint_status(db, server.url())["state"]["state"] != "healthy"; ++i)
-    std::this_thread::sleep_for(100ms);
+  wait_until([&] { return endpoint_status(db, server.url())["state"]["state"] == "healthy"; }, 5s, 100ms);
   EXPECT_EQ(endpoint_status(db, server.url())["state"]["state"], "healthy");
 }
 
@@ -209,7 +208,8 @@ TEST(endpoint_control, should_end_waiting_events_at_max_age_while_open_or_paused
     // max_age 4 s from the first attempts, then the timer, the batch write and the poll: well within 4 s
     // more.
     const std::string dead = "SELECT count(*) FROM appointment_relay.delivery WHERE state = 'dead'";
-    while (db.query_value(dead) != "6" && steady::now() - first < 8s) std::this_thread::sleep_for(100ms);
+    wait_until([&] { return db.query_value(dead) == "6"; },
+               std::chrono::duration_cast<std::chrono::milliseconds>(first + 8s - steady::now()), 100ms);
     ASSERT_EQ(db.query_value(dead), "6") << relay.log();
     EXPECT_GE(steady::now() - first, 4s) << "dead-lettered before max_age";
     const std::string why = pause ? "while the endpoint was paused" : "breaker was open";

@@ -32,11 +32,12 @@ nlohmann::json run_json(const std::vector<std::string>& args, const environment&
 // milliseconds after the attempt).
 nlohmann::json shown_when(const std::string& state, std::int64_t id, const environment& env) {
   nlohmann::json shown;
-  for (int i = 0; i < 100; ++i) {
-    shown = run_json({"events", "show", std::to_string(id), "--json"}, env);
-    if (shown["endpoints"].size() == 1 && shown["endpoints"][0]["state"] == state) break;
-    std::this_thread::sleep_for(100ms);
-  }
+  wait_until(
+      [&] {
+        shown = run_json({"events", "show", std::to_string(id), "--json"}, env);
+        return shown["endpoints"].size() == 1 && shown["endpoints"][0]["state"] == state;
+      },
+      10s, 100ms);
   return shown;
 }
 

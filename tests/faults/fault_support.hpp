@@ -1,8 +1,11 @@
 #pragma once
 // Shared by the fault tests: the relay's environment for a test, the stream size, a receiver fixture.
+#include <chrono>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <pqxx/pqxx>
@@ -48,6 +51,17 @@ inline int terminate_relay_backends(const scratch_database& db) {
       "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = " + tx.quote(db.name()) +
       " AND pid <> pg_backend_pid() AND application_name <> " + tx.quote(canvas_stream::application_name));
   return r[0][0].as<int>();
+}
+
+// Checks done every step until it holds (true) or timeout has passed (false).
+inline bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout,
+                       std::chrono::milliseconds step = std::chrono::milliseconds(5)) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(step);
+  }
+  return true;
 }
 
 inline std::string stream_summary(const std::vector<expected_notification>& expected) {

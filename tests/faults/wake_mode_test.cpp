@@ -26,15 +26,6 @@ using steady = std::chrono::steady_clock;
 constexpr const char* book_sql =
     "SELECT canvas_test.book_appointment(canvas_test.create_patient(), now() + interval '1 day', 30)";
 
-bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
-  const auto end = steady::now() + timeout;
-  while (!done()) {
-    if (steady::now() > end) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
-}
-
 TEST(wake_mode, should_deliver_a_change_that_skipped_its_notification_as_soon_as_its_transaction_commits) {
   AR_REQUIRE_DATABASE();
   scratch_database db;
