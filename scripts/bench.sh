@@ -22,12 +22,14 @@
 #                               refused or paused one): stream length per run and rounds of the five runs
 #                               (default 20 s, 3; 1.5 s, 2 in --quick)
 #   BENCH_ONLY=stalled          run scenario 12 alone (its rows printed, nothing written to bench/results)
+#   BENCH_ONLY=capture          run scenario 1 alone (capture overhead; durable rows too unless --quick)
 #   BENCH_STALLED_CONFIGS="alone healthy paused"   with BENCH_ONLY=stalled: the configurations to run (alone
 #                               and healthy always run: the ratios are over them)
 #   BENCH_BIN_DIR=dir           take appointment-relay, appointment-relay-receiver, bench_producer and
 #                               classifier_bench from dir instead of building them (a tree others build in:
-#                               copies that no later build changes under the run); the build type is still
-#                               read from the build dir's CMakeCache.txt, when it has one
+#                               copies that no later build changes under the run); the build type is read
+#                               from dir/CMakeCache.txt when dir is a build tree, else "unknown": put a copy
+#                               of the tree's CMakeCache.txt beside copied binaries
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -76,8 +78,8 @@ stalled_seconds=${BENCH_STALLED_SECONDS:-$stalled_seconds}
 stalled_rounds=${BENCH_STALLED_ROUNDS:-$stalled_rounds}
 only=${BENCH_ONLY:-}
 case "$only" in
-'' | stalled) ;;
-*) echo "bench: BENCH_ONLY=$only: the only scenario that runs alone is \"stalled\"" >&2; exit 2 ;;
+'' | stalled | capture) ;;
+*) echo "bench: BENCH_ONLY=$only: the scenarios that run alone are \"stalled\" and \"capture\"" >&2; exit 2 ;;
 esac
 [ -z "$only" ] || baseline=""
 
@@ -91,7 +93,8 @@ if [ -n "${BENCH_BIN_DIR:-}" ]; then
   for b in "$relay" "$receiver_bin" "$producer"; do
     [ -x "$b" ] || { echo "bench: BENCH_BIN_DIR: no $b" >&2; exit 2; }
   done
-  build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$build/CMakeCache.txt" 2>/dev/null || true)
+  # The type of the build the binaries came from: a build tree has its CMakeCache.txt; copies do not.
+  build_type=$(sed -n 's/^CMAKE_BUILD_TYPE:[A-Z]*=//p' "$bin_dir/CMakeCache.txt" 2>/dev/null || true)
   build_type=${build_type:-unknown}
 else
   if [ ! -f "$build/CMakeCache.txt" ]; then
@@ -582,6 +585,25 @@ if [ $quick -eq 0 ]; then  # the same with durable commits (Canvas's setting): b
   sync_note="Durable commits (synchronous_commit on, fsync on), 2 clients: tps without triggers $sp_runs; with, notifications off $sr_runs; on $sn_runs. 8 clients (3 rounds): without $c8p_runs; off $c8r_runs; on $c8n_runs."
 fi
 log "   without triggers $plain_runs tps, with $relay_runs tps (notifications off), $notify_runs (on): overhead $overhead%, $overhead_notify%"
+if [ "$only" = capture ]; then
+  v10() { awk -v v="$1" 'BEGIN {print v <= 10 ? "met" : "**missed**"}'; }
+  echo
+  echo "# appointment-relay benchmarks: scenario 1 alone"
+  echo
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown). Load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo
+  echo "| # | measure | result | target | verdict |"
+  echo "| --- | --- | --- | --- | --- |"
+  if [ -n "$sync_overhead" ]; then
+    echo "| 1 | capture overhead, durable commits, 2 clients, notifications off (the relay reading on its timer) | $sync_overhead % ($sync_relay vs $sync_plain tps) | at most 10 % | $(v10 "$sync_overhead") |"
+    echo "| 1 | the same with notifications on | $sync_overhead_notify % ($sync_notify tps) | reported | |"
+    echo "| 1 | the same with 8 clients: notifications off / on | $(pct "$c8_plain" "$c8_relay") % / $(pct "$c8_plain" "$c8_notify") % ($c8_relay / $c8_notify vs $c8_plain tps) | reported | |"
+  fi
+  echo "| 1 | capture overhead, synchronous_commit off, notifications off / on | $overhead % / $overhead_notify % ($with / $with_notify vs $plain tps) | reported | |"
+  echo
+  echo "synchronous_commit off, tps without triggers: $plain_runs; with, notifications off: $relay_runs; on: $notify_runs. $sync_note"
+  exit 0
+fi
 
 # ---------------------------------------------------------------------------------------------------------
 # 3. Latency (and the CPU per event under a steady stream): 300 changes/s on one connection.
